@@ -1,0 +1,97 @@
+"""Versioned, idempotent schema migrations of the warehouse.
+
+Each migration runs once, in order, inside a transaction, and is recorded in ``schema_migrations``.
+Tables carry no primary-key indexes: DuckDB bulk-loads faster without them, and the loader keeps
+keys unique itself (it validates them and replaces whole races).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "races, runners, horses and the import log",
+        """
+        CREATE SEQUENCE IF NOT EXISTS import_id_seq START 1;
+        CREATE TABLE IF NOT EXISTS import_log (
+            import_id INTEGER NOT NULL,
+            source VARCHAR NOT NULL,
+            format VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP NOT NULL,
+            races_added INTEGER NOT NULL,
+            races_replaced INTEGER NOT NULL,
+            runners_written INTEGER NOT NULL,
+            horses_written INTEGER NOT NULL,
+            rows_rejected INTEGER NOT NULL,
+            files VARCHAR[]
+        );
+        CREATE TABLE IF NOT EXISTS races (
+            race_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            date DATE NOT NULL,
+            track VARCHAR NOT NULL,
+            country VARCHAR NOT NULL,
+            race_no INTEGER,
+            off_time VARCHAR,
+            distance_m INTEGER NOT NULL,
+            surface VARCHAR NOT NULL,
+            going VARCHAR,
+            going_raw VARCHAR,
+            race_class VARCHAR,
+            rating_band VARCHAR,
+            prize DOUBLE,
+            course_config VARCHAR,
+            section_distances_m INTEGER[],
+            import_id INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS runners (
+            race_id VARCHAR NOT NULL,
+            horse_id VARCHAR NOT NULL,
+            horse_name VARCHAR,
+            saddle_no INTEGER,
+            draw INTEGER,
+            jockey_id VARCHAR,
+            trainer_id VARCHAR,
+            age INTEGER,
+            sex VARCHAR,
+            carried_weight_lbs DOUBLE,
+            horse_weight_lbs DOUBLE,
+            rating DOUBLE,
+            gear VARCHAR,
+            status VARCHAR NOT NULL,
+            finish_position INTEGER,
+            margin_lengths DOUBLE,
+            finish_time_s DOUBLE,
+            running_positions INTEGER[],
+            section_times_s DOUBLE[],
+            win_odds DOUBLE,
+            place_odds DOUBLE
+        );
+        CREATE TABLE IF NOT EXISTS horses (
+            horse_id VARCHAR NOT NULL,
+            horse_name VARCHAR,
+            sire VARCHAR,
+            dam VARCHAR,
+            damsire VARCHAR,
+            country_of_birth VARCHAR,
+            sex VARCHAR,
+            colour VARCHAR,
+            foaled_year INTEGER
+        );
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
