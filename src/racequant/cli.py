@@ -141,7 +141,8 @@ def ingest(
     else:
         console.print(
             f"Imported {path} into {settings.db}: {summary.races_added:,} races added, "
-            f"{summary.races_replaced:,} replaced, {summary.runners_written:,} runners, "
+            f"{summary.races_replaced:,} replaced, {summary.races_unchanged:,} unchanged, "
+            f"{summary.runners_written:,} runners written, "
             f"{summary.horses_written:,} horses, {summary.rows_rejected:,} rows rejected."
         )
 

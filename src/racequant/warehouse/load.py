@@ -52,6 +52,7 @@ class ImportSummary:
     format: str
     races_added: int
     races_replaced: int
+    races_unchanged: int
     runners_written: int
     horses_written: int
     rows_rejected: int
@@ -60,55 +61,111 @@ class ImportSummary:
         return dict(self.__dict__)
 
 
+def _race_digests(races: str, runners: str) -> str:
+    """SQL for one content digest per race (the race row and all its runner rows)."""
+    race_cols = ", ".join(RACE_COLUMNS)
+    runner_cols = ", ".join(RUNNER_COLUMNS)
+    return (
+        f"SELECT r.race_id, hash({race_cols}) AS race_digest, coalesce(u.runner_digest, 0) AS runner_digest "
+        f"FROM {races} AS r LEFT JOIN (SELECT race_id, sum(hash({runner_cols})) AS runner_digest "
+        f"FROM {runners} GROUP BY race_id) AS u USING (race_id)"
+    )
+
+
 def load_results(conn: duckdb.DuckDBPyConnection, parsed: ParsedResults, path: str) -> ImportSummary:
     """Store parsed results in one transaction.
 
-    Races already in the warehouse are replaced whole (their runners too), so importing the same
-    files twice changes nothing and importing later race days only adds them. Horses are upserted:
-    a known value is never overwritten by a missing one. Any failure rolls everything back.
+    A race already in the warehouse with the same content (race row and runners) is left as it is; one
+    whose content changed is replaced whole. So importing the same files twice changes nothing and
+    importing later race days only adds them. Horses are upserted: a known value is never overwritten
+    by a missing one. Any failure rolls everything back.
     """
     if parsed.problems:
         raise ImportValidationError(parsed.problems)
     started = datetime.now()
-    races = to_arrow(parsed.races, RACE_COLUMNS)
-    runners = to_arrow(parsed.runners, RUNNER_COLUMNS)
-    horses = to_arrow(parsed.horses, HORSE_COLUMNS)
-    conn.register("_new_races", races)
-    conn.register("_new_runners", runners)
-    conn.register("_new_horses", horses)
+    arrow = {
+        "_new_races": to_arrow(parsed.races, RACE_COLUMNS),
+        "_new_runners": to_arrow(parsed.runners, RUNNER_COLUMNS),
+        "_new_horses": to_arrow(parsed.horses, HORSE_COLUMNS),
+    }
+    for name, table in arrow.items():
+        conn.register(name, table)
+    race_cols = ", ".join(RACE_COLUMNS)
+    runner_cols = ", ".join(RUNNER_COLUMNS)
+    horse_cols = ", ".join(HORSE_COLUMNS)
     conn.execute("BEGIN TRANSACTION")
     try:
-        import_id = conn.execute("SELECT nextval('import_id_seq')").fetchone()[0]  # type: ignore[index]
-        replaced = conn.execute(
-            "SELECT count(*) FROM races WHERE race_id IN (SELECT race_id FROM _new_races)"
-        ).fetchone()[0]  # type: ignore[index]
-        conn.execute("DELETE FROM runners WHERE race_id IN (SELECT race_id FROM _new_races)")
-        conn.execute("DELETE FROM races WHERE race_id IN (SELECT race_id FROM _new_races)")
-        race_cols = ", ".join(RACE_COLUMNS)
-        conn.execute(f"INSERT INTO races ({race_cols}, import_id) SELECT {race_cols}, ? FROM _new_races", [import_id])
-        runner_cols = ", ".join(RUNNER_COLUMNS)
-        conn.execute(f"INSERT INTO runners ({runner_cols}) SELECT {runner_cols} FROM _new_runners")
-        horse_cols = [c for c in HORSE_COLUMNS if c != "horse_id"]
-        sets = ", ".join(f"{c} = coalesce(n.{c}, h.{c})" for c in horse_cols)
-        conn.execute(f"UPDATE horses AS h SET {sets} FROM _new_horses AS n WHERE h.horse_id = n.horse_id")
-        all_horse_cols = ", ".join(HORSE_COLUMNS)
+        # Stage with the warehouse's own column types, so digests compare like with like.
+        conn.execute("CREATE OR REPLACE TEMP TABLE _stage_races AS SELECT * EXCLUDE (import_id) FROM races LIMIT 0")
+        conn.execute(f"INSERT INTO _stage_races SELECT {race_cols} FROM _new_races")
+        conn.execute("CREATE OR REPLACE TEMP TABLE _stage_runners AS SELECT * FROM runners LIMIT 0")
+        conn.execute(f"INSERT INTO _stage_runners SELECT {runner_cols} FROM _new_runners")
         conn.execute(
-            f"INSERT INTO horses ({all_horse_cols}) SELECT {all_horse_cols} FROM _new_horses "
-            "WHERE horse_id NOT IN (SELECT horse_id FROM horses)"
+            f"""
+            CREATE OR REPLACE TEMP TABLE _race_change AS
+            SELECT n.race_id,
+                   CASE WHEN o.race_id IS NULL THEN 'added'
+                        WHEN o.race_digest = n.race_digest AND o.runner_digest = n.runner_digest THEN 'unchanged'
+                        ELSE 'replaced' END AS change
+            FROM ({_race_digests("_stage_races", "_stage_runners")}) AS n
+            LEFT JOIN ({
+                _race_digests(
+                    "(SELECT * FROM races WHERE race_id IN (SELECT race_id FROM _stage_races))",
+                    "(SELECT * FROM runners WHERE race_id IN (SELECT race_id FROM _stage_races))",
+                )
+            }) AS o USING (race_id)
+            """
+        )
+        counts = dict(conn.execute("SELECT change, count(*) FROM _race_change GROUP BY change").fetchall())
+        import_id = conn.execute("SELECT nextval('import_id_seq')").fetchall()[0][0]
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE _to_write AS SELECT race_id FROM _race_change WHERE change <> 'unchanged'"
+        )
+        conn.execute("DELETE FROM runners WHERE race_id IN (SELECT race_id FROM _to_write)")
+        conn.execute("DELETE FROM races WHERE race_id IN (SELECT race_id FROM _to_write)")
+        conn.execute(
+            f"INSERT INTO races ({race_cols}, import_id) SELECT {race_cols}, ? FROM _stage_races "
+            "WHERE race_id IN (SELECT race_id FROM _to_write)",
+            [import_id],
         )
         conn.execute(
-            "INSERT INTO import_log VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO runners ({runner_cols}) SELECT {runner_cols} FROM _stage_runners "
+            "WHERE race_id IN (SELECT race_id FROM _to_write)"
+        )
+        runners_written = conn.execute(
+            "SELECT count(*) FROM _stage_runners WHERE race_id IN (SELECT race_id FROM _to_write)"
+        ).fetchall()[0][0]
+        sets = ", ".join(f"{c} = coalesce(n.{c}, h.{c})" for c in HORSE_COLUMNS if c != "horse_id")
+        conn.execute(f"UPDATE horses AS h SET {sets} FROM _new_horses AS n WHERE h.horse_id = n.horse_id")
+        conn.execute(
+            f"INSERT INTO horses ({horse_cols}) SELECT {horse_cols} FROM _new_horses "
+            "WHERE horse_id NOT IN (SELECT horse_id FROM horses)"
+        )
+        summary = ImportSummary(
+            import_id=int(import_id),
+            source=parsed.source,
+            format=parsed.format,
+            races_added=int(counts.get("added", 0)),
+            races_replaced=int(counts.get("replaced", 0)),
+            races_unchanged=int(counts.get("unchanged", 0)),
+            runners_written=int(runners_written),
+            horses_written=arrow["_new_horses"].num_rows,
+            rows_rejected=len(parsed.rejected_rows),
+        )
+        conn.execute(
+            "INSERT INTO import_log VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
             [
-                import_id,
-                parsed.source,
-                parsed.format,
+                summary.import_id,
+                summary.source,
+                summary.format,
                 path,
                 started,
-                races.num_rows - replaced,
-                replaced,
-                runners.num_rows,
-                horses.num_rows,
-                len(parsed.rejected_rows),
+                summary.races_added,
+                summary.races_replaced,
+                summary.races_unchanged,
+                summary.runners_written,
+                summary.horses_written,
+                summary.rows_rejected,
                 parsed.files,
             ],
         )
@@ -120,24 +177,18 @@ def load_results(conn: duckdb.DuckDBPyConnection, parsed: ParsedResults, path: s
         conn.execute("ROLLBACK")
         raise
     finally:
-        for name in ("_new_races", "_new_runners", "_new_horses"):
+        for name in arrow:
             conn.unregister(name)
-    summary = ImportSummary(
-        import_id=int(import_id),
-        source=parsed.source,
-        format=parsed.format,
-        races_added=races.num_rows - int(replaced),
-        races_replaced=int(replaced),
-        runners_written=runners.num_rows,
-        horses_written=horses.num_rows,
-        rows_rejected=len(parsed.rejected_rows),
-    )
+        for name in ("_stage_races", "_stage_runners", "_race_change", "_to_write"):
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
     logger.info(
-        "Imported %s from %s: %d races added, %d replaced, %d runners, %d horses, %d rows rejected",
+        "Imported %s from %s: %d races added, %d replaced, %d unchanged, %d runners written, %d horses, "
+        "%d rows rejected",
         parsed.format,
         path,
         summary.races_added,
         summary.races_replaced,
+        summary.races_unchanged,
         summary.runners_written,
         summary.horses_written,
         summary.rows_rejected,

@@ -32,6 +32,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             finished_at TIMESTAMP NOT NULL,
             races_added INTEGER NOT NULL,
             races_replaced INTEGER NOT NULL,
+            races_unchanged INTEGER NOT NULL,
             runners_written INTEGER NOT NULL,
             horses_written INTEGER NOT NULL,
             rows_rejected INTEGER NOT NULL,

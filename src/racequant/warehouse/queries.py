@@ -10,7 +10,7 @@ DATA_TABLES = ("races", "runners", "horses")
 def db_info(conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
     """Counts of races, runners and horses, and the date range of each source."""
     totals = {
-        table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+        table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])  # type: ignore[index]
         for table in DATA_TABLES
     }
     rows = conn.execute(
@@ -32,12 +32,12 @@ def db_info(conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
         }
         for source, n_races, n_runners, n_horses, first, last in rows
     ]
-    version = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]  # type: ignore[index]
-    imports = int(conn.execute("SELECT count(*) FROM import_log").fetchone()[0])  # type: ignore[index]
+    version = conn.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0]  # type: ignore[index]
+    imports = int(conn.execute("SELECT count(*) FROM import_log").fetchall()[0][0])  # type: ignore[index]
     return {**totals, "schema_version": version, "imports": imports, "sources": sources}
 
 
 def table_checksum(conn: duckdb.DuckDBPyConnection, table: str) -> tuple[int, int]:
     """Row count and an order-independent hash of every row's content."""
-    count, digest = conn.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {table} AS t").fetchone()  # type: ignore[misc]
+    count, digest = conn.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {table} AS t").fetchall()[0]  # type: ignore[misc]
     return int(count), int(digest)
