@@ -379,6 +379,8 @@ def partition_races(
             problem = own.get((file, row))
             if problem is not None:
                 reason, column = str(problem), problem.column
+            elif file in whole_file:
+                reason, column = str(whole_file[file]), whole_file[file].column
             elif file_problem is not None:
                 reason, column = f"race {race_id} rejected: {file_problem}", None
             else:
