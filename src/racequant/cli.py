@@ -26,8 +26,8 @@ app = typer.Typer(
 db_app = typer.Typer(help="Inspect the warehouse.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger("racequant.cli")
 
 DbOption = Annotated[
