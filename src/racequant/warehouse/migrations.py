@@ -93,6 +93,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "feature builds log (the features table itself is written whole by each build)",
+        """
+        CREATE TABLE IF NOT EXISTS feature_runs (
+            feature_version VARCHAR NOT NULL,
+            built_at TIMESTAMP NOT NULL,
+            seconds DOUBLE NOT NULL,
+            n_rows BIGINT NOT NULL,
+            n_races BIGINT NOT NULL,
+            n_features INTEGER NOT NULL,
+            first_date DATE,
+            last_date DATE,
+            manifest_json VARCHAR NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

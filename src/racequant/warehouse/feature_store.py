@@ -1,0 +1,105 @@
+"""Writing and reading the stored point-in-time features (the ``features`` table and the ``feature_runs`` log).
+
+The features table is replaced whole by each build, in one transaction, and carries the ``feature_version``
+(the manifest hash) on every row, so a reader can refuse features built from other definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from racequant.errors import WarehouseError
+
+logger = logging.getLogger(__name__)
+
+
+def store_features(
+    conn: duckdb.DuckDBPyConnection,
+    frame: pd.DataFrame,
+    *,
+    feature_version: str,
+    manifest: list[dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
+    """Replace the features table with ``frame`` and log the build; return the log record."""
+    conn.register("_fx_store", frame)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(
+            "CREATE OR REPLACE TABLE features AS SELECT ?::VARCHAR AS feature_version, * FROM _fx_store",
+            [feature_version],
+        )
+        n_rows, n_races, first, last = conn.execute(  # type: ignore[misc]
+            "SELECT count(*), count(DISTINCT race_id), min(race_date)::DATE, max(race_date)::DATE FROM features"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO feature_runs VALUES (?, now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?)",
+            [feature_version, seconds, n_rows, n_races, len(manifest), first, last, json.dumps(manifest)],
+        )
+        conn.execute("COMMIT")
+    except duckdb.Error as exc:
+        conn.execute("ROLLBACK")
+        raise WarehouseError(f"Storing the features failed; the warehouse is unchanged: {exc}") from exc
+    finally:
+        conn.unregister("_fx_store")
+    logger.info("Stored %d feature rows (version %s)", n_rows, feature_version)
+    return {
+        "feature_version": feature_version,
+        "rows": int(n_rows),
+        "races": int(n_races),
+        "features": len(manifest),
+        "first_date": first.isoformat() if first else None,
+        "last_date": last.isoformat() if last else None,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _require_features(conn: duckdb.DuckDBPyConnection) -> None:
+    found = conn.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'features'"
+    ).fetchone()[0]  # type: ignore[index]
+    if not found:
+        raise WarehouseError("The warehouse has no features yet; run 'racequant features build'.")
+
+
+def stored_version(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The feature_version of the stored features, or None if none are stored."""
+    try:
+        _require_features(conn)
+    except WarehouseError:
+        return None
+    row = conn.execute("SELECT feature_version FROM features LIMIT 1").fetchone()
+    return None if row is None else str(row[0])
+
+
+def read_features(
+    conn: duckdb.DuckDBPyConnection, *, race_id: str | None = None, horse_id: str | None = None
+) -> pd.DataFrame:
+    """Stored features, optionally of one race and/or one horse."""
+    _require_features(conn)
+    where, params = [], []
+    if race_id is not None:
+        where.append("race_id = ?")
+        params.append(race_id)
+    if horse_id is not None:
+        where.append("horse_id = ?")
+        params.append(horse_id)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return conn.execute(f"SELECT * FROM features {clause} ORDER BY race_seq, horse_id", params).df()
+
+
+def export_features(conn: duckdb.DuckDBPyConnection, out_path: Path | str) -> int:
+    """Write the stored features to a Parquet (or, by extension, CSV) file; return the number of rows."""
+    _require_features(conn)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "CSV, HEADER" if path.suffix.lower() == ".csv" else "PARQUET"
+    target = str(path).replace("'", "''")
+    conn.execute(f"COPY (SELECT * FROM features ORDER BY race_seq, horse_id) TO '{target}' (FORMAT {fmt})")
+    return int(conn.execute("SELECT count(*) FROM features").fetchone()[0])  # type: ignore[index]
