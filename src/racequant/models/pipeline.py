@@ -1,0 +1,399 @@
+"""The whole learnable chain as one estimator: boosters, race softmax, blend, place, calibration, intervals.
+
+``RacePipeline().fit(frame, feature_columns)`` splits the training frame by time into three slices of races,
+each strictly before the next:
+
+1. train: the six boosters (win and place for CatBoost, LightGBM and XGBoost);
+2. validation: early stopping, softmax temperatures, blend weights and the Harville exponents;
+3. calibration: the choice between Harville and direct place, isotonic calibrators and interval bands.
+
+``predict(frame)`` returns one row per runner with per-model and blended win probabilities, calibrated win
+and place probabilities (summing to 1 and to the number of places in every race), intervals and the top
+features behind each runner's score. The market is never an input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from racequant.calibration import metrics as M
+from racequant.calibration.intervals import GroupProbabilityIntervals
+from racequant.calibration.isotonic import GroupIsotonicCalibrator
+from racequant.calibration.lifecycle import method_order_error
+from racequant.errors import RacequantError
+from racequant.models.boosters import LIBRARIES, GradientBooster
+from racequant.models.ensemble import LogLinearPool
+from racequant.models.place import DiscountedHarville, n_places, placed_from_positions
+from racequant.models.race import RaceSoftmax, normalise_in_race, race_codes
+
+logger = logging.getLogger(__name__)
+
+_MARKET_HINTS = ("market", "odds", "overround", "dividend")
+
+
+class FeatureContractError(RacequantError):
+    """The frame does not carry the columns the model needs, or offers the market as a feature."""
+
+
+def market_columns(columns: Sequence[str]) -> list[str]:
+    """Columns that look like the market (odds-based); never fundamental features."""
+    known: set[str] = set()
+    try:  # the feature manifest knows its market features by category
+        from racequant.features.manifest import all_specs
+
+        known = {s.name for s in all_specs() if s.category == "market"}
+    except Exception:  # the manifest may not be importable in a partial checkout
+        known = set()
+    return [c for c in columns if c in known or any(h in c.lower() for h in _MARKET_HINTS)]
+
+
+def normalise_places(p: np.ndarray, race_ids: Sequence[object] | np.ndarray, cap: float = 0.999) -> np.ndarray:
+    """Scale place probabilities to sum to the number of places in each race, none above ``cap``."""
+    codes, n_races = race_codes(race_ids)
+    size = np.bincount(codes, minlength=n_races)
+    target = n_places(size).astype(float)
+    p = np.clip(np.asarray(p, dtype=float), 1e-9, None)
+    capped = np.zeros(len(p), dtype=bool)
+    for _ in range(50):
+        fixed = np.bincount(codes, weights=np.where(capped, p, 0.0), minlength=n_races)
+        free = np.bincount(codes, weights=np.where(capped, 0.0, p), minlength=n_races)
+        scale = np.divide(target - fixed, free, out=np.ones(n_races), where=free > 0)
+        p = np.where(capped, p, p * scale[codes])
+        over = (p > cap) & ~capped
+        if not over.any():
+            break
+        p = np.where(over, cap, p)
+        capped |= over
+    # fields where every runner places (n <= n_places) are certain
+    return np.where(size[codes] <= target[codes], 1.0, p)
+
+
+def time_slices(
+    dates: pd.Series, race_ids: pd.Series, validation_fraction: float, calibration_fraction: float
+) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Cut dates (end of train, end of validation) splitting races by time; a day's races stay together."""
+    races = pd.DataFrame({"race_id": race_ids, "date": pd.to_datetime(dates)}).drop_duplicates("race_id")
+    per_day = races.groupby("date").size().sort_index()
+    cum = per_day.cumsum() / per_day.sum()
+    train_end = cum.index[np.searchsorted(cum.to_numpy(), 1 - validation_fraction - calibration_fraction)]
+    val_end = cum.index[np.searchsorted(cum.to_numpy(), 1 - calibration_fraction)]
+    if not (train_end < val_end < cum.index[-1]):
+        raise ValueError(
+            "The training frame is too short to give train, validation and calibration slices on separate days "
+            f"({len(per_day)} race days)."
+        )
+    return pd.Timestamp(train_end), pd.Timestamp(val_end)
+
+
+class RacePipeline:
+    """Fundamental features -> calibrated race-level win and place probabilities (sklearn contract)."""
+
+    def __init__(
+        self,
+        libraries: Sequence[str] = LIBRARIES,
+        win_objective: str = "binary",
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        max_depth: int = 6,
+        early_stopping_rounds: int = 50,
+        validation_fraction: float = 0.15,
+        calibration_fraction: float = 0.15,
+        calibration_group: str | None = "track",
+        min_group_size: int = 3000,
+        interval_confidence: float = 0.9,
+        interval_method: str = "bootstrap",
+        n_bootstrap: int = 100,
+        place_method: str = "auto",
+        top_k_features: int = 10,
+        random_state: int = 0,
+        n_jobs: int = 2,
+        race_col: str = "race_id",
+        date_col: str = "date",
+        position_col: str = "finish_position",
+        booster_params: dict[str, dict[str, Any]] | None = None,
+        feature_manifest_hash: str | None = None,
+    ) -> None:
+        self.libraries = libraries
+        self.win_objective = win_objective
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.calibration_fraction = calibration_fraction
+        self.calibration_group = calibration_group
+        self.min_group_size = min_group_size
+        self.interval_confidence = interval_confidence
+        self.interval_method = interval_method
+        self.n_bootstrap = n_bootstrap
+        self.place_method = place_method
+        self.top_k_features = top_k_features
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.race_col = race_col
+        self.date_col = date_col
+        self.position_col = position_col
+        self.booster_params = booster_params
+        self.feature_manifest_hash = feature_manifest_hash
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _validate_params(self) -> None:
+        for name in ("validation_fraction", "calibration_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 0.5:
+                raise ValueError(
+                    f"The '{name}' parameter of RacePipeline must be a float in (0, 0.5). Got {value!r} instead."
+                )
+        if self.place_method not in ("auto", "harville", "direct"):
+            raise ValueError(
+                "The 'place_method' parameter of RacePipeline must be one of ('auto', 'harville', 'direct'). "
+                f"Got {self.place_method!r} instead."
+            )
+        unknown = [lib for lib in self.libraries if lib not in LIBRARIES]
+        if unknown or not self.libraries:
+            raise ValueError(
+                f"The 'libraries' parameter of RacePipeline must be a non-empty subset of {LIBRARIES}. "
+                f"Got {list(self.libraries)!r} instead."
+            )
+
+    def _booster(self, library: str, objective: str) -> GradientBooster:
+        return GradientBooster(
+            library=library,
+            objective=objective,
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            max_depth=self.max_depth,
+            early_stopping_rounds=self.early_stopping_rounds,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
+            params=(self.booster_params or {}).get(library),
+        )
+
+    def _groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        if self.calibration_group is None:
+            return None
+        return frame[self.calibration_group].to_numpy()
+
+    def _check_columns(self, frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise FeatureContractError(
+                f"The {what} frame lacks {len(missing)} column(s) the model needs: {missing[:20]}"
+                + (" ..." if len(missing) > 20 else "")
+            )
+
+    # -- fit -----------------------------------------------------------------------------------------
+    def fit(
+        self,
+        frame: pd.DataFrame,
+        feature_columns: Sequence[str],
+        progress: Callable[[str], None] | None = None,
+    ) -> RacePipeline:
+        """Learn every stage from a frame of past runners (one row per runner, finish positions known)."""
+        self._validate_params()
+        say = progress or (lambda message: None)
+        feature_columns = [str(c) for c in feature_columns]
+        leaked = market_columns(feature_columns)
+        if leaked:
+            raise FeatureContractError(f"The market is never a model input; remove these feature columns: {leaked}")
+        needed = [self.race_col, self.date_col, self.position_col, *feature_columns]
+        if self.calibration_group is not None:
+            needed.append(self.calibration_group)
+        self._check_columns(frame, needed, "training")
+        frame = frame.sort_values([self.date_col, self.race_col], kind="stable").reset_index(drop=True)
+        dates = pd.to_datetime(frame[self.date_col])
+        train_end, val_end = time_slices(
+            dates, frame[self.race_col], self.validation_fraction, self.calibration_fraction
+        )
+        tr, va, ca = dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
+        self.feature_columns_ = feature_columns
+        self.training_window_ = {
+            "start": str(dates.min().date()),
+            "train_end": str(train_end.date()),
+            "validation_end": str(val_end.date()),
+            "end": str(dates.max().date()),
+            "races": {
+                k: int(frame.loc[m, self.race_col].nunique())
+                for k, m in (("train", tr), ("validation", va), ("calibration", ca))
+            },
+        }
+        logger.info("time slices: %s", self.training_window_)
+        race = frame[self.race_col].to_numpy()
+        pos = frame[self.position_col].to_numpy(dtype=float)
+        won = (pos == 1).astype(float)
+        placed = placed_from_positions(pos, race).astype(float)
+        X = frame[feature_columns]
+
+        # 1. boosters: win and place per library, early stopping on the validation slice
+        self.win_boosters_: dict[str, GradientBooster] = {}
+        self.place_boosters_: dict[str, GradientBooster] = {}
+        for lib in self.libraries:
+            for target, y, store, objective in (
+                ("win", won, self.win_boosters_, self.win_objective),
+                ("place", placed, self.place_boosters_, "binary"),
+            ):
+                say(f"training {lib} {target} booster ({objective})")
+                store[lib] = self._booster(lib, objective).fit(X[tr], y[tr], race[tr], X[va], y[va], race[va])
+
+        # 2. race softmax temperatures and blend weights on the validation slice
+        say("fitting race-level temperatures and blend weights")
+        self.softmax_: dict[str, RaceSoftmax] = {}
+        val_probs = []
+        for lib, booster in self.win_boosters_.items():
+            scores = booster.decision_function(X[va])
+            self.softmax_[lib] = RaceSoftmax().fit(scores, won[va], race[va])
+            val_probs.append(self.softmax_[lib].predict_proba(scores, race[va]))
+        self.blend_ = LogLinearPool(names=list(self.win_boosters_)).fit(val_probs, won[va], race[va])
+        p_val = self.blend_.predict_proba(val_probs, race[va])
+        self.harville_ = DiscountedHarville().fit(p_val, pos[va], race[va])
+
+        # 3. calibration slice: choose the place method, fit calibrators and intervals
+        say("calibrating on the latest races of the window")
+        cal = self._base(frame[ca])
+        p_place_h = cal["place_prob_harville"].to_numpy()
+        p_place_d = cal["place_prob_direct"].to_numpy()
+        self.place_log_loss_ = {
+            "harville": M.place_log_loss(p_place_h, placed[ca]),
+            "direct": M.place_log_loss(p_place_d, placed[ca]),
+        }
+        if self.place_method == "auto":
+            self.place_method_ = min(self.place_log_loss_, key=self.place_log_loss_.get)  # type: ignore[arg-type]
+        else:
+            self.place_method_ = self.place_method
+        logger.info("place log loss on calibration races %s: keeping %s", self.place_log_loss_, self.place_method_)
+        p_place_base = p_place_h if self.place_method_ == "harville" else p_place_d
+        groups = self._groups(frame[ca])
+        p_win_base = cal["win_prob_base"].to_numpy()
+        cal_dates = dates[ca].to_numpy()
+        self.win_calibrator_ = GroupIsotonicCalibrator(self.min_group_size).fit(
+            p_win_base, won[ca], groups, dates=cal_dates, not_before=val_end
+        )
+        self.place_calibrator_ = GroupIsotonicCalibrator(self.min_group_size).fit(
+            p_place_base, placed[ca], groups, dates=cal_dates, not_before=val_end
+        )
+        interval_args = {
+            "confidence": self.interval_confidence,
+            "method": self.interval_method,
+            "n_bootstrap": self.n_bootstrap,
+            "min_group_size": self.min_group_size,
+            "random_state": self.random_state,
+        }
+        self.win_intervals_ = GroupProbabilityIntervals(**interval_args).fit(p_win_base, won[ca], groups, race[ca])
+        self.place_intervals_ = GroupProbabilityIntervals(**interval_args).fit(
+            p_place_base, placed[ca], groups, race[ca]
+        )
+        self.validation_metrics_ = {
+            "calibration_races_uncalibrated": M.benchmark_metrics(
+                race[ca], p_win_base, won[ca], p_place_base, placed[ca]
+            ),
+            "per_model_pseudo_r2": {
+                f"{lib}_win": M.pseudo_r2(race[ca], cal[f"{lib}_win"], won[ca]) for lib in self.win_boosters_
+            },
+            "place_log_loss": self.place_log_loss_,
+            "place_method": self.place_method_,
+            "harville": {"g": self.harville_.g_, "d": self.harville_.d_},
+            "blend_weights": dict(zip(self.win_boosters_, map(float, self.blend_.weights_), strict=True)),
+            "temperatures": {lib: s.temperature_ for lib, s in self.softmax_.items()},
+            "best_iterations": {
+                f"{lib}_{t}": b.best_iteration_ + 1
+                for t, d in (("win", self.win_boosters_), ("place", self.place_boosters_))
+                for lib, b in d.items()
+            },
+        }
+        self.calibrated_until_ = str(pd.Timestamp(cal_dates.max()).date())
+        say("done")
+        return self
+
+    # -- predict -------------------------------------------------------------------------------------
+    def _base(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Uncalibrated per-model and blended win probabilities, and both place estimates."""
+        X = frame[self.feature_columns_]
+        race = frame[self.race_col].to_numpy()
+        out = pd.DataFrame(index=frame.index)
+        probs = []
+        for lib, booster in self.win_boosters_.items():
+            p = self.softmax_[lib].predict_proba(booster.decision_function(X), race)
+            out[f"{lib}_win"] = p
+            probs.append(p)
+        out["win_prob_base"] = self.blend_.predict_proba(probs, race)
+        out["place_prob_harville"] = self.harville_.predict_place(out["win_prob_base"].to_numpy(), race)
+        direct = np.mean([b.predict_proba(X) for b in self.place_boosters_.values()], axis=0)
+        out["place_prob_direct"] = normalise_places(direct, race)
+        return out
+
+    def predict(self, frame: pd.DataFrame, explain: bool = True, check_order: bool = True) -> pd.DataFrame:
+        """One row per runner: race_id, horse_id, {lib}_win, win_prob_base, place_prob_base, win_prob,
+        place_prob, their lower/upper bounds, calibration_group and top_features.
+
+        With ``check_order`` (the default) races on or before the last calibration race are refused.
+        """
+        if not hasattr(self, "win_calibrator_"):
+            raise method_order_error("fit", "predict")
+        needed = [self.race_col, *self.feature_columns_]
+        if self.calibration_group is not None:
+            needed.append(self.calibration_group)
+        if check_order:
+            needed.append(self.date_col)
+        self._check_columns(frame, needed, "prediction")
+        race = frame[self.race_col].to_numpy()
+        codes, n_races = race_codes(race)
+        base = self._base(frame)
+        groups = self._groups(frame)
+        dates = frame[self.date_col].to_numpy() if check_order else None
+
+        p_win_base = base["win_prob_base"].to_numpy()
+        p_place_base = base[f"place_prob_{self.place_method_}"].to_numpy()
+        iso_win = self.win_calibrator_.transform(p_win_base, groups, dates)
+        win = normalise_in_race(iso_win, codes, n_races)
+        iso_place = self.place_calibrator_.transform(p_place_base, groups, dates)
+        place = normalise_places(iso_place, race)
+
+        out = pd.DataFrame({self.race_col: race}, index=frame.index)
+        if "horse_id" in frame.columns:
+            out["horse_id"] = frame["horse_id"].to_numpy()
+        for col in [f"{lib}_win" for lib in self.win_boosters_]:
+            out[col] = base[col].to_numpy()
+        out["win_prob_base"] = p_win_base
+        out["place_prob_base"] = p_place_base
+        out["win_prob"] = win
+        out["place_prob"] = place
+        for name, estimator, p_base, iso, final in (
+            ("win", self.win_intervals_, p_win_base, iso_win, win),
+            ("place", self.place_intervals_, p_place_base, iso_place, place),
+        ):
+            lower, upper = estimator.predict_interval(p_base, groups)
+            # carry the race re-normalisation over to the bounds
+            factor = np.divide(final, iso, out=np.ones_like(final), where=iso > 0)
+            out[f"{name}_prob_lower"] = np.clip(np.minimum(lower * factor, final), 0.0, 1.0)
+            out[f"{name}_prob_upper"] = np.clip(np.maximum(upper * factor, final), 0.0, 1.0)
+        out["calibration_group"] = self.win_calibrator_.group_of(groups, len(frame))
+        if explain:
+            out["top_features"] = self.top_features(frame)
+        return out
+
+    def contributions(self, frame: pd.DataFrame) -> np.ndarray:
+        """Per-runner contributions of each feature to the blended log-score (TreeSHAP, weighted as the blend)."""
+        if not hasattr(self, "blend_"):
+            raise method_order_error("fit", "contributions")
+        X = frame[self.feature_columns_]
+        total = np.zeros((len(frame), len(self.feature_columns_)))
+        for weight, (lib, booster) in zip(self.blend_.weights_, self.win_boosters_.items(), strict=True):
+            if weight > 0:
+                total += weight / self.softmax_[lib].temperature_ * booster.contributions(X)
+        return total
+
+    def top_features(self, frame: pd.DataFrame) -> list[list[dict[str, float | str]]]:
+        """The ``top_k_features`` largest contributions (by size, signed) per runner."""
+        contrib = self.contributions(frame)
+        k = min(self.top_k_features, contrib.shape[1])
+        top = np.argsort(-np.abs(contrib), axis=1)[:, :k]
+        names = np.asarray(self.feature_columns_)
+        return [
+            [{"feature": str(names[j]), "importance": round(float(row[j]), 6)} for j in idx]
+            for row, idx in zip(contrib, top, strict=True)
+        ]
