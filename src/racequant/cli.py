@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +55,11 @@ def _progress() -> Progress:
         console=err_console,
         transient=False,
     )
+
+
+def _command_name() -> str:
+    """How the user can call racequant again: bare if it is on PATH, else the path they used."""
+    return "racequant" if shutil.which("racequant") else sys.argv[0]
 
 
 def _print_json(data: Any) -> None:
@@ -213,7 +220,7 @@ def demo(
         f"{summary.horses_written:,} horses; warehouse spans {info['sources'][0]['first_date']} to "  # type: ignore[index]
         f"{info['sources'][0]['last_date']}"  # type: ignore[index]
     )
-    console.print(f"\nExplore it: racequant db info --db {db}")
+    console.print(f"\nExplore it: {_command_name()} db info --db {db}")
 
 
 def main() -> None:
