@@ -4,10 +4,10 @@ For a runner given probability p in group g, the interval is meant to contain E[
 frequency with which such runners actually win (or place), at least ``confidence`` of the time in every
 group. Two methods:
 
-- ``bootstrap`` (default): the isotonic calibration map of the group refitted on races resampled with
-  replacement; the interval is the band between its ``(1 - confidence) / 2`` quantiles, joined with the
-  Wilson interval of the isotonic block the point falls in (the bootstrap alone is known to under-cover
-  isotonic regression at a point).
+- ``bootstrap`` (default): the (centred) isotonic calibration map of the group refitted on races resampled
+  with replacement; the interval is the simultaneous sup-t band of those curves at the given confidence,
+  joined with the Wilson interval of the isotonic block the point falls in. A pointwise band is not enough:
+  its misses are correlated along the curve, so one fitted band can cover far less than 90% of a group.
 - ``venn_abers``: the inductive Venn-Abers pair (p0, p1) of the group (package ``venn-abers``), a
   multiprobability prediction; narrower, and without a coverage guarantee for the frequency itself.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 from scipy.stats import norm
 from sklearn.isotonic import IsotonicRegression
 
-from racequant.calibration.isotonic import POOLED, _as_groups
+from racequant.calibration.isotonic import POOLED, ShrunkIsotonic, _as_groups
 from racequant.calibration.lifecycle import method_order_error
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,13 @@ class GroupProbabilityIntervals:
         w_lo, w_hi = wilson_interval(block_k, block_n, self.confidence)
         grid_block = np.clip(np.searchsorted(block_values, iso.predict(grid)), 0, len(block_values) - 1)
         lower, upper = w_lo[grid_block], w_hi[grid_block]
+        # within a long flat block the true curve still rises: also allow the block's observed/expected
+        # ratio applied to the point itself (calibration locally proportional to p)
+        block_mean_p = np.bincount(block_of, weights=p) / block_n
+        ratio_lo = w_lo[grid_block] / np.maximum(block_mean_p[grid_block], 1e-9)
+        ratio_hi = w_hi[grid_block] / np.maximum(block_mean_p[grid_block], 1e-9)
+        lower = np.minimum(lower, grid * ratio_lo)
+        upper = np.maximum(upper, np.minimum(grid * ratio_hi, 1.0))
         # bootstrap over races
         _, race_code = np.unique(races, return_inverse=True)
         order = np.argsort(race_code, kind="stable")
@@ -141,9 +148,15 @@ class GroupProbabilityIntervals:
         for b in range(self.n_bootstrap):
             pick = rng.integers(0, len(sizes), size=len(sizes))
             idx = order[np.repeat(starts[pick], sizes[pick]) + _ranges(sizes[pick])]
-            curves[b] = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p[idx], y[idx]).predict(grid)
-        lower = np.minimum(lower, np.quantile(curves, alpha / 2, axis=0))
-        upper = np.maximum(upper, np.quantile(curves, 1 - alpha / 2, axis=0))
+            curves[b] = ShrunkIsotonic(prior_strength=1.0).fit(p[idx], y[idx]).predict(grid)
+        # simultaneous (sup-t) band: covers the whole curve with the stated confidence, so the share of
+        # runners covered in a group stays above it for one fitted band, not only on average over fits
+        centre = ShrunkIsotonic(prior_strength=1.0).fit(p, y).predict(grid)
+        sd = np.maximum(curves.std(axis=0), 1e-4)
+        crit = float(np.quantile(np.max(np.abs(curves - centre) / sd, axis=1), self.confidence))
+        lower = np.clip(np.minimum(lower, centre - crit * sd), 0.0, 1.0)
+        upper = np.clip(np.maximum(upper, centre + crit * sd), 0.0, 1.0)
+        del alpha
         return _GroupBand(grid, np.maximum.accumulate(lower), np.maximum.accumulate(upper))
 
     def band_of(self, groups: Sequence[object] | np.ndarray | None, n: int) -> np.ndarray:

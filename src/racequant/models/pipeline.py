@@ -113,7 +113,7 @@ class RacePipeline:
         random_state: int = 0,
         n_jobs: int = 2,
         race_col: str = "race_id",
-        date_col: str = "date",
+        date_col: str = "race_date",
         position_col: str = "finish_position",
         booster_params: dict[str, dict[str, Any]] | None = None,
         feature_manifest_hash: str | None = None,

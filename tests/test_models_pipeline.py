@@ -1,0 +1,120 @@
+"""The whole chain on a small synthetic history: race-level sums, columns, explanations, refusals."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from racequant.calibration.isotonic import CalibrationOrderError
+from racequant.calibration.lifecycle import NotFittedError
+from racequant.models.boosters import GradientBooster
+from racequant.models.pipeline import FeatureContractError, RacePipeline
+from racequant.models.place import n_places
+from racequant.models.race import RaceSoftmax, race_codes
+from racequant.models.synthetic import make_synthetic_runners
+
+FEATURES = [f"f{j}" for j in range(8)] + ["going"]
+
+
+@pytest.fixture(scope="module")
+def history() -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = make_synthetic_runners(700, seed=7).rename(columns={"date": "race_date"})
+    cut = frame["race_date"].quantile(0.8)
+    return frame[frame["race_date"] <= cut], frame[frame["race_date"] > cut]
+
+
+@pytest.fixture(scope="module")
+def fitted(history: tuple[pd.DataFrame, pd.DataFrame]) -> RacePipeline:
+    train, _ = history
+    return RacePipeline(n_estimators=15, learning_rate=0.2, max_depth=3, n_bootstrap=5, min_group_size=500).fit(
+        train, FEATURES
+    )
+
+
+def test_win_probabilities_sum_to_one_and_place_to_the_places(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    _, test = history
+    out = fitted.predict(test)
+    codes, n_races = race_codes(out["race_id"].to_numpy())
+    for col in ("win_prob", "win_prob_base", "catboost_win", "lightgbm_win", "xgboost_win"):
+        np.testing.assert_allclose(np.bincount(codes, weights=out[col], minlength=n_races), 1.0, atol=1e-9)
+    places = n_places(np.bincount(codes, minlength=n_races))
+    np.testing.assert_allclose(np.bincount(codes, weights=out["place_prob"], minlength=n_races), places, atol=1e-9)
+    assert (out["win_prob_lower"] <= out["win_prob"]).all() and (out["win_prob"] <= out["win_prob_upper"]).all()
+    assert (out["place_prob_lower"] <= out["place_prob"]).all() and (out["place_prob"] <= out["place_prob_upper"]).all()
+
+
+def test_each_runner_gets_its_ten_largest_contributions(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    _, test = history
+    out = fitted.predict(test.head(30))
+    top = out["top_features"].iloc[0]
+    assert len(top) == 9  # fewer features than 10 here
+    assert set(top[0]) == {"feature", "importance"}
+    sizes = [abs(t["importance"]) for t in top]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_the_slices_follow_time_and_validation_metrics_are_recorded(fitted: RacePipeline) -> None:
+    w = fitted.training_window_
+    assert w["start"] <= w["train_end"] < w["validation_end"] < w["end"]
+    assert fitted.validation_metrics_["place_method"] in ("harville", "direct")
+    assert set(fitted.validation_metrics_["blend_weights"]) == {"catboost", "lightgbm", "xgboost"}
+
+
+def test_the_market_is_refused_as_a_feature(history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = history
+    with pytest.raises(FeatureContractError, match="The market is never a model input"):
+        RacePipeline().fit(train, [*FEATURES, "market_prob"])
+
+
+def test_predicting_races_of_the_calibration_window_is_refused(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    train, _ = history
+    with pytest.raises(CalibrationOrderError):
+        fitted.predict(train.tail(20))
+
+
+def test_predict_before_fit_is_refused(history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    _, test = history
+    with pytest.raises(NotFittedError, match=re.escape("Incorrect method order: call fit before calling predict.")):
+        RacePipeline().predict(test)
+
+
+def test_missing_feature_columns_are_named(fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    _, test = history
+    with pytest.raises(FeatureContractError, match="f3"):
+        fitted.predict(test.drop(columns=["f3"]))
+
+
+def test_invalid_parameters_are_refused_with_the_parameter_named(history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = history
+    with pytest.raises(ValueError, match=re.escape("The 'library' parameter of GradientBooster must be one of")):
+        GradientBooster(library="sklearn").fit(train[FEATURES], train["won"], train["race_id"])
+    with pytest.raises(ValueError, match=re.escape("The 'place_method' parameter of RacePipeline")):
+        RacePipeline(place_method="show").fit(train, FEATURES)
+
+
+def test_race_softmax_temperature_is_recovered() -> None:
+    frame = make_synthetic_runners(1500, seed=11)
+    logit = np.log(frame["true_win_prob"].to_numpy())
+    model = RaceSoftmax().fit(2.0 * logit, frame["won"], frame["race_id"])
+    assert model.temperature_ == pytest.approx(2.0, rel=0.15)
+
+
+@pytest.mark.parametrize("library", ["catboost", "lightgbm", "xgboost"])
+@pytest.mark.parametrize("objective", ["rank", "softmax"])
+def test_ranking_objectives_train_and_score(library: str, objective: str, history: tuple[pd.DataFrame, ...]) -> None:
+    train, test = history
+    booster = GradientBooster(library, objective, n_estimators=10, max_depth=3).fit(
+        train[FEATURES], train["won"], train["race_id"], test[FEATURES], test["won"], test["race_id"]
+    )
+    scores = booster.decision_function(test[FEATURES])
+    assert np.isfinite(scores).all() and scores.std() > 0
+    assert booster.contributions(test[FEATURES].head(5)).shape == (5, len(FEATURES))
