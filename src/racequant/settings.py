@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     interval_coverage_target: float = Field(default=0.9, gt=0, lt=1, description="Nominal coverage of intervals.")
     interval_coverage_tolerance: float = Field(default=0.05, ge=0, description="Coverage shortfall that flags.")
     alert_latency_ms: float = Field(default=500.0, gt=0, description="Mean latency above this raises an alert.")
+
+    # --- qualitative fusion: an OpenAI-compatible chat-completions provider (issue 6) ---
+    llm_base_url: str | None = Field(
+        default=None, description="Base URL of an OpenAI-compatible API (e.g. https://api.openai.com/v1)."
+    )
+    llm_model: str = Field(default="gpt-4o-mini", description="Model the qualitative provider asks.")
+    llm_api_key: SecretStr | None = Field(default=None, description="Bearer key of the LLM endpoint.")
+    llm_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one chat-completions call, in seconds.")
+    llm_retries: int = Field(default=2, ge=0, description="Retries of a failed or malformed LLM answer.")
 
     @field_validator("api_keys", mode="before")
     @classmethod
