@@ -110,6 +110,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "qualitative likelihood ratios per runner (fusion, issue 6)",
+        """
+        CREATE TABLE IF NOT EXISTS qualitative_records (
+            race_id VARCHAR NOT NULL,
+            horse_id VARCHAR NOT NULL,
+            horse_name VARCHAR NOT NULL,
+            lr_form_fitness DOUBLE NOT NULL,
+            lr_conditions DOUBLE NOT NULL,
+            lr_tactics DOUBLE NOT NULL,
+            lr_context DOUBLE NOT NULL,
+            lr_product DOUBLE NOT NULL,
+            key_strengths VARCHAR[] NOT NULL,
+            key_concerns VARCHAR[] NOT NULL,
+            race_narrative VARCHAR NOT NULL,
+            qualitative_confidence DOUBLE NOT NULL,
+            model_chain VARCHAR NOT NULL,
+            prediction_timestamp VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            stored_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
