@@ -95,5 +95,10 @@ def test_demo_simulates_imports_and_reports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "1. Simulated" in result.stdout
     assert "2. Imported" in result.stdout
+    assert "3. Built" in result.stdout
     info = json.loads(_invoke("db", "info", "--db", str(db), "--json").stdout)
     assert info["races"] == 400
+    listed = json.loads(_invoke("features", "list", "--json").stdout)
+    assert len(listed) >= 100
+    some_runner = _invoke("features", "export", "--out", str(tmp_path / "f.parquet"), "--db", str(db), "--json")
+    assert json.loads(some_runner.stdout)["rows"] > 4000

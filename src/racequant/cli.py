@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Inspect the warehouse.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+features_app = typer.Typer(help="Point-in-time features per runner.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -183,6 +185,73 @@ def db_info(db: DbOption = None, as_json: JsonOption = False) -> None:
     console.print(table)
 
 
+@features_app.command("build")
+def features_build(db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Build the point-in-time features of every race in the warehouse and store them."""
+    from racequant.features.api import build_and_store
+    from racequant.warehouse import connect
+
+    settings = _settings(db)
+    with err_console.status("Building features") as status, connect(settings.db) as conn:
+        summary = build_and_store(conn, progress=lambda step: status.update(f"Building features: {step}"))
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(
+            f"Built {summary['features']} features for {summary['rows']:,} runners in {summary['races']:,} "
+            f"races (feature_version {summary['feature_version']}, mean coverage {summary['coverage_mean']:.1%}) "
+            f"in {summary['seconds']:.1f} s."
+        )
+
+
+@features_app.command("list")
+def features_list(as_json: JsonOption = False) -> None:
+    """Every feature: name, category, description and the columns it reads."""
+    from racequant.features.api import list_features
+
+    specs = list_features()
+    if as_json:
+        _print_json(specs)
+        return
+    table = Table("name", "category", "description", "reads")
+    for spec in specs:
+        table.add_row(spec["name"], spec["category"], spec["description"], ", ".join(spec["columns_read"]))
+    console.print(table)
+    console.print(f"{len(specs)} features ({sum(s['fundamental'] for s in specs)} fundamental).")
+
+
+@features_app.command("show")
+def features_show(
+    horse_id: Annotated[str, typer.Argument(help="Horse key as stored in the warehouse.")],
+    race: Annotated[str, typer.Option("--race", help="Race key.")],
+    db: DbOption = None,
+) -> None:
+    """The stored features of one runner in one race, as JSON."""
+    from racequant.features.api import show
+    from racequant.warehouse import connect_read_only
+
+    with connect_read_only(_settings(db).db) as conn:
+        _print_json(show(conn, horse_id, race))
+
+
+@features_app.command("export")
+def features_export(
+    out: Annotated[Path, typer.Option("--out", help="File to write: .parquet (default) or .csv.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export the stored features to Parquet (or CSV)."""
+    from racequant.features.api import export
+    from racequant.warehouse import connect_read_only
+
+    with connect_read_only(_settings(db).db) as conn:
+        summary = export(conn, out)
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"Wrote {summary['rows']:,} rows (feature_version {summary['feature_version']}) to {out}.")
+
+
 @app.command()
 def demo(
     db: Annotated[Path, typer.Option("--db", help="Warehouse the demo builds.")] = Path("demo-output/demo.duckdb"),
@@ -191,6 +260,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo-output"),
 ) -> None:
     """The main job on the embedded simulator: simulate, import, and report every stage."""
+    from racequant.features.api import build_and_store
     from racequant.ingest import parse
     from racequant.ingest.simulator import simulate as run_simulation
     from racequant.ingest.simulator import write_results
@@ -220,7 +290,15 @@ def demo(
         f"{summary.horses_written:,} horses; warehouse spans {info['sources'][0]['first_date']} to "  # type: ignore[index]
         f"{info['sources'][0]['last_date']}"  # type: ignore[index]
     )
+    with err_console.status("3. Building point-in-time features"), connect(db) as conn:
+        features = build_and_store(conn)
+    console.print(
+        f"[bold]3. Built[/] {features['features']} point-in-time features for {features['rows']:,} runners "
+        f"(feature_version {features['feature_version']}, mean coverage {features['coverage_mean']:.1%}) "
+        f"in {features['seconds']:.1f} s"
+    )
     console.print(f"\nExplore it: {_command_name()} db info --db {db}")
+    console.print(f"            {_command_name()} features list")
 
 
 def main() -> None:
