@@ -134,6 +134,56 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "backtest runs: parameters and metrics, folds, per-runner test predictions and stakes (backtest, issue 5)",
+        """
+        CREATE TABLE IF NOT EXISTS backtest_runs (
+            run_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            test_start DATE,
+            test_end DATE,
+            n_folds INTEGER NOT NULL,
+            n_races INTEGER NOT NULL,
+            seconds DOUBLE NOT NULL,
+            params_json VARCHAR NOT NULL,
+            metrics_json VARCHAR NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS backtest_folds (
+            run_id VARCHAR NOT NULL,
+            fold INTEGER NOT NULL,
+            train_start DATE NOT NULL,
+            train_end DATE NOT NULL,
+            fit_end DATE NOT NULL,
+            validation_start DATE NOT NULL,
+            validation_end DATE NOT NULL,
+            calibration_start DATE NOT NULL,
+            calibration_end DATE NOT NULL,
+            test_start DATE NOT NULL,
+            test_end DATE NOT NULL,
+            a DOUBLE,
+            b DOUBLE,
+            b_market_only DOUBLE
+        );
+        CREATE TABLE IF NOT EXISTS backtest_predictions (
+            run_id VARCHAR NOT NULL,
+            fold INTEGER NOT NULL,
+            race_id VARCHAR NOT NULL,
+            horse_id VARCHAR NOT NULL,
+            win_prob DOUBLE,
+            place_prob DOUBLE,
+            win_prob_lower DOUBLE,
+            win_prob_upper DOUBLE,
+            market_prob DOUBLE,
+            combined_prob DOUBLE,
+            market_recal_prob DOUBLE,
+            stake_win DOUBLE,
+            return_win DOUBLE,
+            stake_place DOUBLE,
+            return_place DOUBLE
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
