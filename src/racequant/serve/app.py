@@ -1,0 +1,94 @@
+"""The API application: ``create_app(settings)`` builds it; its lifespan loads one model version and opens the log.
+
+Nothing is loaded at import. Tests and the benchmark pass a small ``predictor``; ``racequant serve`` calls
+``run_server(settings)``, which loads the registry version named by ``settings.model_version`` (default: latest).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from fastapi import FastAPI
+
+from racequant.monitor.writer import LogWriter
+from racequant.serve.errors import install_error_handlers
+from racequant.serve.jobs import BacktestJobs, BacktestRunner
+from racequant.serve.limits import BodySizeLimit
+from racequant.serve.metrics import MetricsMiddleware, ServiceMetrics
+from racequant.serve.predictor import Predictor
+from racequant.serve.routes import _Unprocessable, router, unprocessable_handler
+from racequant.serve.service import FeatureLookup, Fuser, Service
+from racequant.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+_DEFAULT: Any = object()
+
+
+def _default_fuser() -> Fuser:
+    from racequant.fusion.fusion import fuse_records
+
+    return functools.partial(fuse_records, mode="product")
+
+
+def create_app(
+    settings: Settings | None = None,
+    predictor: Predictor | None = None,
+    *,
+    feature_lookup: FeatureLookup | None = _DEFAULT,
+    backtest_runner: BacktestRunner | None = _DEFAULT,
+    fuser: Fuser | None = None,
+    reference_features: pd.DataFrame | None = _DEFAULT,
+) -> FastAPI:
+    """The racequant API. Without ``predictor`` the lifespan loads one from the registry (see ``load_predictor``);
+    the other components default to the warehouse at ``settings.db`` (``None`` switches one off)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from racequant.serve import components
+
+        loaded = predictor if predictor is not None else components.load_predictor(settings)
+        writer = LogWriter(settings.predlog_path()).start()
+        runner = components.default_backtest_runner(settings) if backtest_runner is _DEFAULT else backtest_runner
+        jobs = BacktestJobs(runner)
+        lookup = components.default_feature_lookup(settings) if feature_lookup is _DEFAULT else feature_lookup
+        reference = (components.reference_features(loaded, settings) if reference_features is _DEFAULT
+                     else reference_features)
+        metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
+        app.state.service = Service(settings=settings, predictor=loaded, writer=writer, metrics=metrics, jobs=jobs,
+                                    fuser=fuser or _default_fuser(), feature_lookup=lookup,
+                                    reference_features=reference, loaded_at=datetime.now(UTC))
+        logger.info("API ready: model %s, prediction log %s", loaded.model_version, settings.predlog_path())
+        try:
+            yield
+        finally:
+            jobs.close()
+            writer.close()
+
+    app = FastAPI(title="racequant", version=API_VERSION, lifespan=lifespan,
+                  description="Calibrated win and place probabilities of horse races, beside the market.")
+    install_error_handlers(app)
+    app.add_exception_handler(_Unprocessable, unprocessable_handler)
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def run_server(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
+    """Serve the API with uvicorn until interrupted (``racequant serve``)."""
+    import uvicorn
+
+    settings = settings or Settings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_level=settings.log_level.lower(), access_log=False, server_header=False,
+                timeout_graceful_shutdown=10)

@@ -1,0 +1,355 @@
+"""The prediction log: every served prediction, the race outcomes, daily metrics and alerts, in its own DuckDB file.
+
+The log lives beside the warehouse (``<db stem>.predlog.duckdb`` by default), not in it: DuckDB admits one writing
+process per file, so the API server can hold the log while the CLI and the dashboard use the warehouse. The server
+writes it through one writer thread (``racequant.monitor.writer``); other processes open it read-only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from racequant.errors import WarehouseError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LogMigration:
+    version: int
+    description: str
+    sql: str
+
+
+PREDICTION_COLUMNS: dict[str, str] = {
+    "prediction_id": "VARCHAR NOT NULL",
+    "request_id": "VARCHAR NOT NULL",
+    "race_id": "VARCHAR NOT NULL",
+    "horse_id": "VARCHAR NOT NULL",
+    "timestamp": "TIMESTAMP NOT NULL",
+    "race_date": "DATE",
+    "win_prob": "DOUBLE NOT NULL",
+    "place_prob": "DOUBLE",
+    "win_prob_lower": "DOUBLE",
+    "win_prob_upper": "DOUBLE",
+    "place_prob_lower": "DOUBLE",
+    "place_prob_upper": "DOUBLE",
+    "model_version": "VARCHAR NOT NULL",
+    "feature_version": "VARCHAR",
+    "calibration_group": "VARCHAR",
+    "latency_ms": "DOUBLE NOT NULL",
+    "features_json": "VARCHAR",
+    "finish_position": "INTEGER",
+    "won": "BOOLEAN",
+    "placed": "BOOLEAN",
+    "outcome_at": "TIMESTAMP",
+}
+# the columns a writer supplies; the outcome columns are filled later by record_outcomes
+PREDICTION_INPUT_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in ("finish_position", "won", "placed",
+                                                                              "outcome_at"))
+
+LOG_MIGRATIONS: tuple[LogMigration, ...] = (
+    LogMigration(
+        1,
+        "predictions, outcomes, qualitative submissions, daily metrics and alerts",
+        "CREATE TABLE IF NOT EXISTS predictions ("
+        + ", ".join(f"{name} {sql_type}" for name, sql_type in PREDICTION_COLUMNS.items())
+        + ");"
+        + """
+        CREATE TABLE IF NOT EXISTS outcomes (
+            race_id VARCHAR NOT NULL,
+            horse_id VARCHAR NOT NULL,
+            finish_position INTEGER,
+            status VARCHAR NOT NULL,
+            recorded_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS qualitative_submissions (
+            race_id VARCHAR NOT NULL,
+            horse_id VARCHAR NOT NULL,
+            record_json VARCHAR NOT NULL,
+            submitted_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS daily_metrics (
+            day DATE NOT NULL,
+            n_predictions BIGINT NOT NULL,
+            n_scored BIGINT NOT NULL,
+            n_races BIGINT NOT NULL,
+            win_auc DOUBLE,
+            place_auc DOUBLE,
+            win_brier DOUBLE,
+            place_brier DOUBLE,
+            win_ece DOUBLE,
+            place_ece DOUBLE,
+            mean_latency_ms DOUBLE,
+            computed_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS alerts (
+            raised_at TIMESTAMP NOT NULL,
+            kind VARCHAR NOT NULL,
+            message VARCHAR NOT NULL,
+            payload_json VARCHAR NOT NULL,
+            delivered BOOLEAN NOT NULL
+        );
+        """,
+    ),
+)
+LOG_LATEST_VERSION = LOG_MIGRATIONS[-1].version
+
+
+def default_log_path(db: Path | str) -> Path:
+    """``<db stem>.predlog.duckdb`` beside the warehouse file."""
+    db = Path(db)
+    return db.with_name(f"{db.stem}.predlog.duckdb")
+
+
+def migrate_log(conn: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply the log's migrations not yet applied, each in its own transaction; return those applied."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS log_migrations ("
+        " version INTEGER NOT NULL, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM log_migrations").fetchall()}
+    if done and max(done) > LOG_LATEST_VERSION:
+        raise WarehouseError(
+            f"The prediction log has schema version {max(done)}, newer than this racequant knows "
+            f"({LOG_LATEST_VERSION}); upgrade racequant."
+        )
+    applied = []
+    for migration in LOG_MIGRATIONS:
+        if migration.version in done:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO log_migrations VALUES (?, ?, now()::TIMESTAMP)", [migration.version, migration.description]
+            )
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("Applied prediction-log migration %d: %s", migration.version, migration.description)
+        applied.append(migration.version)
+    return applied
+
+
+def connect_log(path: Path | str) -> duckdb.DuckDBPyConnection:
+    """Open (creating and migrating) the prediction log for writing; the caller closes the connection."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise WarehouseError(
+            f"Cannot open the prediction log {path} for writing (is a racequant server holding it? "
+            f"then ask its /api/v1/monitoring endpoints): {exc}"
+        ) from exc
+    try:
+        migrate_log(conn)
+    except Exception:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def open_log(path: Path | str, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The prediction log for one job: read-write (migrated) or read-only (it must exist)."""
+    path = Path(path)
+    if read_only:
+        if not path.exists():
+            raise WarehouseError(f"There is no prediction log at {path}; it is created by 'racequant serve'.")
+        try:
+            conn = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as exc:
+            raise WarehouseError(
+                f"Cannot open the prediction log {path} read-only (is a racequant server holding it? "
+                f"then ask its /api/v1/monitoring endpoints): {exc}"
+            ) from exc
+    else:
+        conn = connect_log(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def reader(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A cursor for reading in another thread while the writer thread holds ``conn``."""
+    return conn.cursor()
+
+
+def begin(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("BEGIN TRANSACTION")
+
+
+def commit(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("COMMIT")
+
+
+def rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if any."""
+    with suppress(duckdb.Error):
+        conn.execute("ROLLBACK")
+
+
+# --- writes (the server's writer thread calls these; each runs inside the writer's transaction) ---
+
+
+def insert_predictions(conn: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]]) -> int:
+    """Append served predictions (``PREDICTION_INPUT_COLUMNS`` per row)."""
+    if not rows:
+        return 0
+    frame = pd.DataFrame([{c: r.get(c) for c in PREDICTION_INPUT_COLUMNS} for r in rows])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
+    frame["race_date"] = pd.to_datetime(frame["race_date"]).dt.date
+    for col in ("win_prob", "place_prob", "win_prob_lower", "win_prob_upper", "place_prob_lower",
+                "place_prob_upper", "latency_ms"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in ("prediction_id", "request_id", "race_id", "horse_id", "model_version", "feature_version",
+                "calibration_group", "features_json"):
+        frame[col] = frame[col].astype("object")
+    name = "_predlog_batch"
+    conn.register(name, frame)
+    try:
+        cols = ", ".join(PREDICTION_INPUT_COLUMNS)
+        conn.execute(f"INSERT INTO predictions ({cols}) SELECT {cols} FROM {name}")
+    finally:
+        conn.unregister(name)
+    return len(rows)
+
+
+def insert_qualitative(conn: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, str]], at: datetime) -> int:
+    """Store qualitative submissions: (race_id, horse_id, record_json) each."""
+    rows = list(rows)
+    if rows:
+        conn.executemany(
+            "INSERT INTO qualitative_submissions VALUES (?, ?, ?, ?)", [(*r, at.replace(tzinfo=None)) for r in rows]
+        )
+    return len(rows)
+
+
+def logged_horses(conn: duckdb.DuckDBPyConnection, race_id: str) -> set[str]:
+    """The horses with a logged prediction in the race (empty when the race has none)."""
+    rows = conn.execute("SELECT DISTINCT horse_id FROM predictions WHERE race_id = ?", [race_id]).fetchall()
+    return {r[0] for r in rows}
+
+
+def record_outcomes(
+    conn: duckdb.DuckDBPyConnection, race_id: str, outcomes: list[tuple[str, int | None, str]], at: datetime
+) -> int:
+    """Store a race's result, (horse_id, finish_position, status) per runner, and mark its logged predictions.
+
+    Hong Kong place terms: the first 3 place with 7 or more starters, the first 2 with 4 to 6, none with fewer
+    (placed stays NULL then). A re-submitted result replaces the earlier one. Returns the predictions updated.
+    """
+    at = at.replace(tzinfo=None)
+    starters = sum(1 for _, _, status in outcomes if status != "withdrawn")
+    places = 3 if starters >= 7 else 2 if starters >= 4 else 0
+    conn.execute("DELETE FROM outcomes WHERE race_id = ?", [race_id])
+    conn.executemany(
+        "INSERT INTO outcomes VALUES (?, ?, ?, ?, ?)", [(race_id, h, pos, status, at) for h, pos, status in outcomes]
+    )
+    before = conn.execute(
+        "SELECT count(*) FROM predictions WHERE race_id = ? AND horse_id IN (SELECT horse_id FROM outcomes "
+        "WHERE race_id = ?)",
+        [race_id, race_id],
+    ).fetchall()[0][0]
+    conn.execute(
+        """
+        UPDATE predictions AS p SET
+            finish_position = o.finish_position,
+            won = CASE WHEN o.status = 'withdrawn' THEN NULL ELSE coalesce(o.finish_position = 1, false) END,
+            placed = CASE WHEN o.status = 'withdrawn' OR ? = 0 THEN NULL
+                          ELSE coalesce(o.finish_position <= ?, false) END,
+            outcome_at = o.recorded_at
+        FROM outcomes AS o
+        WHERE p.race_id = ? AND o.race_id = p.race_id AND o.horse_id = p.horse_id
+        """,
+        [places, places, race_id],
+    )
+    return int(before)
+
+
+def store_daily_metrics(conn: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
+    """Replace the stored metrics of ``row['day']`` with ``row``."""
+    conn.execute("DELETE FROM daily_metrics WHERE day = ?", [row["day"]])
+    cols = ("day", "n_predictions", "n_scored", "n_races", "win_auc", "place_auc", "win_brier", "place_brier",
+            "win_ece", "place_ece", "mean_latency_ms", "computed_at")
+    conn.execute(
+        f"INSERT INTO daily_metrics ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+        [row.get(c) for c in cols],
+    )
+
+
+def insert_alert(
+    conn: duckdb.DuckDBPyConnection, kind: str, message: str, payload_json: str, delivered: bool, at: datetime
+) -> None:
+    conn.execute(
+        "INSERT INTO alerts VALUES (?, ?, ?, ?, ?)", [at.replace(tzinfo=None), kind, message, payload_json, delivered]
+    )
+
+
+# --- reads ---
+
+
+def _day_filter(start: date | None, end: date | None, column: str = "timestamp") -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if start is not None:
+        clauses.append(f"CAST({column} AS DATE) >= ?")
+        params.append(start)
+    if end is not None:
+        clauses.append(f"CAST({column} AS DATE) <= ?")
+        params.append(end)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def predictions_frame(
+    conn: duckdb.DuckDBPyConnection, start: date | None = None, end: date | None = None, latest_only: bool = True
+) -> pd.DataFrame:
+    """Logged predictions served between ``start`` and ``end`` (UTC days, inclusive) with their outcomes.
+
+    With ``latest_only`` a runner predicted several times counts once, by its last prediction in the window.
+    """
+    where, params = _day_filter(start, end)
+    sql = f"SELECT * FROM predictions{where}"
+    if latest_only:
+        sql += " QUALIFY row_number() OVER (PARTITION BY race_id, horse_id ORDER BY timestamp DESC) = 1"
+    return conn.execute(sql, params).df()
+
+
+def request_latencies(
+    conn: duckdb.DuckDBPyConnection, start: date | None = None, end: date | None = None
+) -> pd.DataFrame:
+    """One row per served request in the window: request_id, day, latency_ms."""
+    where, params = _day_filter(start, end)
+    return conn.execute(
+        f"SELECT request_id, CAST(min(timestamp) AS DATE) AS day, max(latency_ms) AS latency_ms "
+        f"FROM predictions{where} GROUP BY request_id",
+        params,
+    ).df()
+
+
+def prediction_count(conn: duckdb.DuckDBPyConnection) -> int:
+    return int(conn.execute("SELECT count(*) FROM predictions").fetchall()[0][0])
+
+
+def prediction_ids(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT prediction_id FROM predictions").fetchall()}
+
+
+def daily_metrics_frame(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return conn.execute("SELECT * FROM daily_metrics ORDER BY day").df()
+
+
+def alerts_frame(conn: duckdb.DuckDBPyConnection, limit: int = 100) -> pd.DataFrame:
+    return conn.execute("SELECT * FROM alerts ORDER BY raised_at DESC LIMIT ?", [limit]).df()
