@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from racequant.fusion.errors import ProviderError
@@ -27,6 +29,20 @@ from racequant.fusion.providers import NullProvider, QualitativeProvider
 from racequant.fusion.schema import QualitativeRecord
 
 logger = logging.getLogger(__name__)
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """Threads for plain quantitative callables, kept apart from asyncio's default executor so that a caller
+    using ``asyncio.run`` is not held up by a quantitative thread still running after the qualitative side failed."""
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="racequant-fusion")
+        return _EXECUTOR
+
 
 QuantitativePredictor = Callable[[Mapping[str, Any]], list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]]
 
@@ -69,7 +85,7 @@ class FusionInterface:
     async def _quantitative(self, card: Mapping[str, Any]) -> list[dict[str, Any]]:
         if inspect.iscoroutinefunction(self.quantitative):
             return list(await self.quantitative(card))  # type: ignore[misc]
-        result = await asyncio.to_thread(self.quantitative, card)
+        result = await asyncio.get_running_loop().run_in_executor(_executor(), self.quantitative, card)
         if inspect.isawaitable(result):
             result = await result
         return list(result)  # type: ignore[arg-type]
