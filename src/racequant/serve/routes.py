@@ -33,6 +33,7 @@ from racequant.serve.schemas import (
     Going,
     Health,
     Identifier,
+    LoggedPrediction,
     ModelStatus,
     PredictionMetadata,
     PredictionRecord,
@@ -278,6 +279,18 @@ async def monitoring_drift(
             coverage_tolerance=s.interval_coverage_tolerance,
         )
     )
+
+
+@router.get("/api/v1/monitoring/predictions", tags=["monitoring"], response_model=list[LoggedPrediction])
+async def logged_predictions(
+    service: ServiceDep,
+    race_id: Annotated[Identifier | None, Query()] = None,
+    day: Annotated[date | None, Query(alias="date", description="UTC day the predictions were served.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[dict[str, Any]]:
+    """The prediction log (newest first), for the dashboard and audits."""
+    return await run_in_threadpool(
+        service.writer.read, lambda c: prediction_log.list_predictions(c, race_id, day, limit))
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])

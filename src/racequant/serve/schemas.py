@@ -293,6 +293,29 @@ class ResultsResponse(BaseModel):
     predictions_updated: int
 
 
+class LoggedPrediction(BaseModel):
+    prediction_id: str
+    request_id: str
+    race_id: str
+    horse_id: str
+    timestamp: datetime
+    race_date: date | None = None
+    win_prob: float
+    place_prob: float | None = None
+    win_prob_lower: float | None = None
+    win_prob_upper: float | None = None
+    place_prob_lower: float | None = None
+    place_prob_upper: float | None = None
+    model_version: str
+    feature_version: str | None = None
+    calibration_group: str | None = None
+    latency_ms: float
+    finish_position: int | None = None
+    won: bool | None = None
+    placed: bool | None = None
+    outcome_at: datetime | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model_version: str

@@ -353,3 +353,23 @@ def daily_metrics_frame(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 def alerts_frame(conn: duckdb.DuckDBPyConnection, limit: int = 100) -> pd.DataFrame:
     return conn.execute("SELECT * FROM alerts ORDER BY raised_at DESC LIMIT ?", [limit]).df()
+
+
+def list_predictions(
+    conn: duckdb.DuckDBPyConnection, race_id: str | None = None, day: date | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Logged predictions (newest first), optionally of one race and/or one UTC day; no feature values."""
+    clauses, params = [], []
+    if race_id is not None:
+        clauses.append("race_id = ?")
+        params.append(race_id)
+    if day is not None:
+        clauses.append("CAST(timestamp AS DATE) = ?")
+        params.append(day)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    cols = [c for c in PREDICTION_COLUMNS if c != "features_json"]
+    rows = conn.execute(
+        f"SELECT {', '.join(cols)} FROM predictions{where} ORDER BY timestamp DESC, prediction_id LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+    return [dict(zip(cols, row, strict=True)) for row in rows]
