@@ -211,3 +211,14 @@ def test_fuse_files_on_the_examples() -> None:
     assert len(out) == 11
     assert sum(r["win_prob_final"] for r in out) == pytest.approx(1.0, abs=1e-12)
     assert sum(r["place_prob_final"] for r in out) == pytest.approx(3.0, abs=1e-9)
+
+
+def test_the_demo_fuses_one_simulated_race() -> None:
+    from racequant.fusion.api import demo_fuse_race
+    from racequant.ingest.simulator import simulate
+
+    result = demo_fuse_race(simulate(30, seed=3))
+    fused = result["fused"]
+    assert len(fused) >= 7 and {r["race_id"] for r in fused} == {result["race_id"]}
+    assert sum(r["win_prob_final"] for r in fused) == pytest.approx(1.0, abs=1e-12)
+    assert len(result["qualitative"]) == len(fused)

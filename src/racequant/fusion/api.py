@@ -97,3 +97,54 @@ def fuse_files(
     if mode == "fitted" and pool is None:
         raise FusionParameterError("--mode fitted needs a fitted pool (--pool FILE, saved by FittedFusion.save).")
     return fuse_card(card, qual, mode=mode, pool=pool, quantitative=quantitative)
+
+
+def demo_fuse_race(
+    results: Any,
+    race_id: str | None = None,
+    quant_records: list[dict[str, Any]] | None = None,
+    seed: int = 0,
+    strength: float = 0.3,
+) -> dict[str, Any]:
+    """``racequant demo``'s fusion step on one simulated race (the last with 7+ runners unless ``race_id``).
+
+    ``results`` is the simulator's SimulatedResults; the qualitative records are synthetic, read from its true
+    probabilities (racequant.fusion.synthetic). Without ``quant_records`` (the trained model's output for the race)
+    a noisy stand-in of the base model is used. Returns the race id, the qualitative and the fused records.
+    """
+    import numpy as np
+
+    from racequant.fusion.synthetic import synthetic_qualitative_records
+    from racequant.models.place import harville_place_probabilities
+
+    runners = results.runners[results.runners["status"].astype(str) != "withdrawn"]
+    runners = runners.merge(results.truth[["race_id", "horse_id", "true_win_prob"]], on=["race_id", "horse_id"])
+    if race_id is None:
+        sizes = runners.groupby("race_id", sort=False).size()
+        race_id = str(sizes[sizes >= 7].index[-1])
+    race = runners[runners["race_id"] == race_id]
+    if race.empty:
+        raise FusionParameterError(f"Race {race_id} is not among the simulated races.")
+    true_p = race["true_win_prob"].to_numpy(dtype=float)
+    if quant_records is None:
+        rng = np.random.default_rng(seed)
+        score = 0.75 * np.log(np.clip(true_p, 1e-6, None)) + rng.normal(0.0, 0.45, len(race))
+        p = np.exp(score - score.max())
+        p /= p.sum()
+        place = harville_place_probabilities(p, np.zeros(len(p)))
+        quant_records = [
+            {
+                "race_id": race_id,
+                "horse_id": str(h),
+                "horse_name": str(n),
+                "win_prob_base": float(pi),
+                "place_prob_base": float(pl),
+                "model_version": "demo-stand-in",
+            }
+            for h, n, pi, pl in zip(race["horse_id"], race["horse_name"], p, place, strict=True)
+        ]
+    qual = synthetic_qualitative_records(
+        race["race_id"].to_numpy(), race["horse_id"].to_numpy(), race["horse_name"].to_numpy(), true_p, strength, seed
+    )
+    fused = fuse_records(quant_records, qual, "product")
+    return {"race_id": race_id, "qualitative": [q.to_json_dict() for q in qual], "fused": fused}
