@@ -1,0 +1,232 @@
+"""The backtest engine: fresh clones per fold, honest second stage, Dask equal to serial, outputs and store."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtest_helpers import priced_history
+from racequant.backtest import (
+    BacktestError,
+    BacktestResult,
+    BettingConfig,
+    KellyStaking,
+    WalkForwardSplit,
+    run_backtest,
+    store_result,
+    write_outputs,
+)
+from racequant.backtest.reference import ConditionalLogitPipeline
+from racequant.errors import ConfigurationError
+from racequant.warehouse.backtest_store import list_backtest_runs, read_backtest_predictions
+from racequant.warehouse.connection import connect
+
+FEATURES = ["f0", "f1", "f2", "f3"]
+HEADLINE_KEYS = [
+    "n_races",
+    "win_auc",
+    "place_auc",
+    "win_brier",
+    "place_brier",
+    "win_logloss",
+    "place_logloss",
+    "ece",
+    "winner_logloss_per_race",
+    "pseudo_r2",
+    "top_pick_strike_rate",
+    "market_pseudo_r2",
+    "market_winner_logloss_per_race",
+    "favourite_strike_rate",
+    "combined_pseudo_r2",
+    "delta_r2",
+    "delta_r2_ci_low",
+    "delta_r2_ci_high",
+    "roi_kelly_win",
+    "roi_kelly_place",
+    "roi_ci_low",
+    "roi_ci_high",
+    "n_bets",
+    "interval_coverage_win",
+]
+
+
+def splitter(end: str = "2000-12-31") -> WalkForwardSplit:
+    return WalkForwardSplit("2000-06-01", end, train_window_days=120, test_window_days=30, retrain_every_days=30)
+
+
+def backtest(frame: pd.DataFrame, split: WalkForwardSplit | None = None, **kwargs: object) -> BacktestResult:
+    args = {"feature_columns": FEATURES, "second_stage_min_races": 60, "n_bootstrap": 200, **kwargs}
+    return run_backtest(frame, ConditionalLogitPipeline(), split or splitter(), **args)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def history() -> pd.DataFrame:
+    return priced_history(n_races=1000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def result(history: pd.DataFrame) -> BacktestResult:
+    return backtest(history)
+
+
+def test_every_test_race_is_predicted_once_by_the_fold_that_owns_its_day(result: BacktestResult) -> None:
+    pred = result.predictions
+    assert not pred.duplicated(["race_id", "horse_id"]).any()
+    for fold in result.folds:
+        days = pred.loc[pred["fold"] == fold.index, "date"].dt.date
+        assert days.min() >= fold.test_start and days.max() <= fold.test_end
+    sums = pred.groupby("race_id")["win_prob"].sum()
+    np.testing.assert_allclose(sums, 1.0, atol=1e-9)
+
+
+def test_the_second_stage_is_fitted_only_on_earlier_folds(result: BacktestResult) -> None:
+    pred = result.predictions
+    per_fold = result.metrics["second_stage"]["per_fold"]
+    first = pred[pred["fold"] == 0]
+    assert first["combined_prob"].isna().all() and per_fold[0]["a"] is None
+    for row in per_fold[1:]:
+        earlier = pred.loc[pred["fold"] < row["fold"], "race_id"].nunique()
+        assert row["n_races_fitted"] == earlier
+        if row["a"] is not None:
+            assert (pred.loc[pred["fold"] == row["fold"], "combined_prob"].notna()).all()
+
+
+def test_metrics_json_has_the_headline_keys_and_breakdowns(result: BacktestResult, tmp_path) -> None:
+    paths = write_outputs(result, tmp_path / "bt")
+    doc = json.loads(paths["metrics"].read_text())
+    assert set(HEADLINE_KEYS) <= set(doc)
+    assert doc["n_races"] == result.predictions["race_id"].nunique()
+    assert doc["delta_r2_ci_low"] <= doc["delta_r2"] <= doc["delta_r2_ci_high"]
+    assert set(doc["by_track"]) == {"HV", "ST"} and set(doc["by_class"]) == {"3", "4", "5"}
+    assert len(doc["by_fold"]) == len(result.folds) == len(doc["folds"])
+    html = paths["report"].read_text()
+    assert html.count("data:image/png;base64,") == 4
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert "market (odds)" in html and "combined (model + market)" in html
+    back = pd.read_parquet(paths["predictions"])
+    assert len(back) == len(result.predictions)
+
+
+def test_model_and_market_both_carry_signal_on_the_test_races(result: BacktestResult) -> None:
+    m = result.metrics
+    assert m["pseudo_r2"] > 0.05 and m["market_pseudo_r2"] > 0.05
+    assert 0.2 < m["favourite_strike_rate"] < 0.6
+    assert m["n_bets"] > 0 and np.isfinite(m["roi_kelly_win"])
+
+
+def test_the_bankroll_walk_matches_the_ledger(result: BacktestResult) -> None:
+    pred = result.predictions
+    for kind in ("win", "place"):
+        for src in ("fundamental", "combined"):
+            profit = (pred[f"return_{kind}_{src}"] - pred[f"stake_{kind}_{src}"]).sum()
+            final = result.bankroll[f"bankroll_{kind}_{src}"].iloc[-1]
+            assert final == pytest.approx(1.0 + profit, rel=1e-9)
+    kelly = KellyStaking()
+    stakes = pred["stake_win_combined"] / pred["stake_win_combined"].where(pred["stake_win_combined"] > 0).max()
+    assert (stakes <= 1).all()
+    assert pred.groupby("race_id")["stake_win_combined"].count().min() >= 1
+    assert kelly.max_stake == 0.10
+
+
+class SpyPipeline(ConditionalLogitPipeline):
+    """Records what each fitted copy saw (serial runs only)."""
+
+    seen: ClassVar[list[tuple[int, list[str]]]] = []
+
+    def fit(self, frame: pd.DataFrame, feature_columns: list[str]) -> SpyPipeline:  # type: ignore[override]
+        SpyPipeline.seen.append((id(self), list(frame.columns)))
+        assert not hasattr(self, "coef_"), "a fold was given an already fitted estimator"
+        return super().fit(frame, feature_columns)
+
+
+def test_each_fold_fits_a_fresh_clone_that_never_sees_the_market(history: pd.DataFrame) -> None:
+    SpyPipeline.seen.clear()
+    estimator = SpyPipeline()
+    res = run_backtest(history, estimator, splitter("2000-09-30"), feature_columns=FEATURES, n_bootstrap=0)
+    assert not hasattr(estimator, "coef_")
+    assert len(SpyPipeline.seen) == len(res.folds) == len({i for i, _ in SpyPipeline.seen})
+    for _, columns in SpyPipeline.seen:
+        assert not {"win_odds", "place_odds", "true_win_prob"} & set(columns) - {"true_win_prob"}
+        assert "win_odds" not in columns and "place_odds" not in columns
+
+
+def test_deleting_every_result_after_a_date_leaves_earlier_folds_identical(
+    history: pd.DataFrame, result: BacktestResult
+) -> None:
+    cut = pd.Timestamp("2000-10-10")
+    short = backtest(history[history["date"] <= cut])
+    done = [f.index for f in result.folds if pd.Timestamp(f.test_end) <= cut]
+    assert done and short.folds[: len(done)] == result.folds[: len(done)]
+    cols = [
+        "race_id",
+        "horse_id",
+        "fold",
+        "win_prob",
+        "place_prob",
+        "combined_prob",
+        "market_recal_prob",
+        "stake_win_combined",
+        "stake_place_fundamental",
+    ]
+    a = result.predictions.loc[result.predictions["fold"].isin(done), cols].sort_values(["race_id", "horse_id"])
+    b = short.predictions.loc[short.predictions["fold"].isin(done), cols].sort_values(["race_id", "horse_id"])
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_dask_run_on_two_worker_processes_equals_the_serial_run(history: pd.DataFrame) -> None:
+    split = splitter("2000-08-31")
+    serial = backtest(history, split=split)
+    ticks: list[tuple[int, int]] = []
+    parallel = backtest(history, split=split, workers=2, progress=lambda done, total: ticks.append((done, total)))
+    assert ticks[-1] == (len(serial.folds), len(serial.folds))
+    pd.testing.assert_frame_equal(serial.predictions, parallel.predictions, check_exact=True)
+    for key in ("pseudo_r2", "combined_pseudo_r2", "delta_r2", "roi_kelly_win", "n_bets"):
+        assert serial.metrics[key] == parallel.metrics[key] or (
+            np.isnan(serial.metrics[key]) and np.isnan(parallel.metrics[key])
+        )
+
+
+def test_the_run_is_stored_in_the_warehouse(result: BacktestResult, tmp_path) -> None:
+    with connect(tmp_path / "w.duckdb") as conn:
+        run_id = store_result(conn, result)
+        runs = list_backtest_runs(conn)
+        stored = read_backtest_predictions(conn, run_id)
+        folds = conn.execute("SELECT count(*) FROM backtest_folds WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    assert runs[0]["run_id"] == run_id and runs[0]["pseudo_r2"] == pytest.approx(result.metrics["pseudo_r2"])
+    assert len(stored) == len(result.predictions) and folds == len(result.folds)
+    np.testing.assert_allclose(stored["stake_win"].sum(), result.predictions["stake_win_combined"].sum())
+
+
+def test_fundamental_betting_uses_the_model_alone(history: pd.DataFrame) -> None:
+    res = backtest(history, split=splitter("2000-08-31"), betting=BettingConfig(probabilities="fundamental"))
+    assert res.metrics["roi_kelly_win"] == res.metrics["roi_kelly_win_fundamental"]
+    assert res.metrics["n_bets"] == res.metrics["n_bets_win_fundamental"] + res.metrics["n_bets_place_fundamental"]
+
+
+def test_a_market_column_offered_as_a_feature_is_refused(history: pd.DataFrame) -> None:
+    with pytest.raises(BacktestError, match=re.escape("The market is never a model input")):
+        run_backtest(history, ConditionalLogitPipeline(), splitter(), feature_columns=[*FEATURES, "win_odds"])
+
+
+def test_an_estimator_cutting_other_slices_than_the_splitter_is_refused(history: pd.DataFrame) -> None:
+    message = (
+        "The 'validation_fraction' parameter of WalkForwardSplit must equal the estimator's (0.2) so that the "
+        "fold's slices are the estimator's. Got 0.15 instead."
+    )
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        run_backtest(history, ConditionalLogitPipeline(validation_fraction=0.2), splitter(), feature_columns=FEATURES)
+
+
+def test_invalid_betting_choice_is_refused() -> None:
+    message = (
+        "The 'probabilities' parameter of BettingConfig must be one of ('combined', 'fundamental'). "
+        "Got 'market' instead."
+    )
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        BettingConfig(probabilities="market")  # type: ignore[arg-type]
