@@ -110,9 +110,7 @@ def _qual_frame(quant: pd.DataFrame, qual_records: Sequence[QualitativeRecord]) 
     return frame
 
 
-def product_fusion(
-    p_base: np.ndarray, lr_product: np.ndarray, race_ids: Sequence[object] | np.ndarray
-) -> np.ndarray:
+def product_fusion(p_base: np.ndarray, lr_product: np.ndarray, race_ids: Sequence[object] | np.ndarray) -> np.ndarray:
     """The seed's rule on arrays: P_final proportional to P_base * lr_product, normalised within each race."""
     scores = _log(p_base) + np.log(np.asarray(lr_product, dtype=float))
     return _softmax(scores, np.asarray(race_ids))[0]
