@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -205,26 +205,25 @@ def rollback(conn: duckdb.DuckDBPyConnection) -> None:
 # --- writes (the server's writer thread calls these; each runs inside the writer's transaction) ---
 
 
+def _naive_utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+_INSERT_CHUNK = 400  # rows per INSERT statement (a multi-row VALUES insert is the fastest for small batches)
+
+
 def insert_predictions(conn: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]]) -> int:
-    """Append served predictions (``PREDICTION_INPUT_COLUMNS`` per row)."""
-    if not rows:
-        return 0
-    frame = pd.DataFrame([{c: r.get(c) for c in PREDICTION_INPUT_COLUMNS} for r in rows])
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
-    frame["race_date"] = pd.to_datetime(frame["race_date"]).dt.date
-    for col in ("win_prob", "place_prob", "win_prob_lower", "win_prob_upper", "place_prob_lower",
-                "place_prob_upper", "latency_ms"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
-    for col in ("prediction_id", "request_id", "race_id", "horse_id", "model_version", "feature_version",
-                "calibration_group", "features_json"):
-        frame[col] = frame[col].astype("object")
-    name = "_predlog_batch"
-    conn.register(name, frame)
-    try:
-        cols = ", ".join(PREDICTION_INPUT_COLUMNS)
-        conn.execute(f"INSERT INTO predictions ({cols}) SELECT {cols} FROM {name}")
-    finally:
-        conn.unregister(name)
+    """Append served predictions (``PREDICTION_INPUT_COLUMNS`` per row; timestamps aware or naive UTC)."""
+    cols = PREDICTION_INPUT_COLUMNS
+    placeholder = "(" + ", ".join("?" for _ in cols) + ")"
+    for lo in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[lo : lo + _INSERT_CHUNK]
+        params = [_naive_utc(r.get(c)) for r in chunk for c in cols]
+        conn.execute(
+            f"INSERT INTO predictions ({', '.join(cols)}) VALUES " + ", ".join([placeholder] * len(chunk)), params
+        )
     return len(rows)
 
 
