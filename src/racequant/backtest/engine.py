@@ -165,6 +165,10 @@ def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature
     train = frame.loc[fold.train_mask(frame["date"]), visible]
     test = frame.loc[fold.test_mask(frame["date"]), visible]
     estimator = fresh_estimator(estimator_or_factory)
+    date_col = getattr(estimator, "date_col", "date")
+    if isinstance(date_col, str) and date_col not in train.columns:  # e.g. the pipeline's race_date
+        train = train.assign(**{date_col: train["date"]})
+        test = test.assign(**{date_col: test["date"]})
     estimator.fit(train, list(feature_columns))
     window = getattr(estimator, "training_window_", None)
     if isinstance(window, dict) and "train_end" in window and "validation_end" in window:
@@ -176,7 +180,10 @@ def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature
                 f"the fold at {want}; give the splitter the estimator's validation and calibration fractions."
             )
     fitted = time.perf_counter()
-    pred = estimator.predict(test)
+    if "explain" in inspect.signature(estimator.predict).parameters:
+        pred = estimator.predict(test, explain=False)  # per-runner feature attributions are not scored here
+    else:
+        pred = estimator.predict(test)
     out = pd.DataFrame({"race_id": test["race_id"].to_numpy(), "horse_id": test["horse_id"].to_numpy()})
     for col in _PRED_COLS:
         if col in pred.columns:

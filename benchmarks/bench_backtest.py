@@ -1,0 +1,147 @@
+"""Benchmark of the walk-forward backtest on Hong Kong 1997-2005.
+
+    python benchmarks/bench_backtest.py [--runs goal,rolling,expanding] [--workers 2]
+                                        [--libraries lightgbm,xgboost] [--out bench-backtest]
+
+Builds the warehouse and the point-in-time features from ../shared/data/hkjc-1997-2005, then runs:
+
+- ``goal``: 2004-01-01..2005-08-31, expanding training window (the models issue's goals on the fundamental
+  model: pseudo-R2 >= 0.13, ECE <= 0.005);
+- ``rolling``: the seed's windows over the whole data (test windows 1998-09-01..2005-08-31, 365-day training
+  window, 30-day test windows, retrained every 30 days);
+- ``expanding``: the same test windows, training on all history before each fold.
+
+Each run writes its report folder under --out and prints its headline; the summary goes to --out/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from features_helpers import warehouse_from_folder
+from racequant.backtest import WalkForwardSplit, run_backtest, write_outputs
+from racequant.features.api import build_and_store
+from racequant.models.api import fundamental_columns
+from racequant.models.pipeline import RacePipeline
+from racequant.warehouse.backtest_store import load_backtest_frame
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hkjc-1997-2005"
+RUNS: dict[str, dict[str, Any]] = {
+    "goal": {"start": "2004-01-01", "end": "2005-08-31", "expanding": True},
+    "rolling": {"start": "1998-09-01", "end": "2005-08-31", "expanding": False},
+    "expanding": {"start": "1998-09-01", "end": "2005-08-31", "expanding": True},
+}
+HEADLINE = [
+    "n_races",
+    "pseudo_r2",
+    "ece",
+    "win_auc",
+    "market_pseudo_r2",
+    "combined_pseudo_r2",
+    "market_recal_pseudo_r2",
+    "delta_r2",
+    "delta_r2_ci_low",
+    "delta_r2_ci_high",
+    "delta_r2_vs_recal_market",
+    "delta_r2_vs_recal_market_ci_low",
+    "delta_r2_vs_recal_market_ci_high",
+    "roi_kelly_win",
+    "roi_ci_low",
+    "roi_ci_high",
+    "roi_kelly_place",
+    "roi_kelly_place_ci_low",
+    "roi_kelly_place_ci_high",
+    "roi_kelly_win_fundamental",
+    "roi_kelly_win_fundamental_ci_low",
+    "roi_kelly_win_fundamental_ci_high",
+    "roi_flat_top_pick",
+    "roi_flat_favourite",
+    "n_bets",
+    "interval_coverage_win",
+    "favourite_strike_rate",
+    "top_pick_strike_rate",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", default="goal,rolling,expanding")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--libraries", default="lightgbm,xgboost")
+    parser.add_argument("--out", type=Path, default=Path("bench-backtest"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} is absent")
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    conn = warehouse_from_folder(DATA, "hkjc-kaggle")
+    build_and_store(conn)
+    frame = load_backtest_frame(conn)
+    columns = fundamental_columns(frame)
+    prep = time.perf_counter() - started
+    print(f"warehouse + features: {len(frame)} runners, {len(columns)} fundamental features, {prep:.1f} s", flush=True)
+    libraries = tuple(args.libraries.split(","))
+    summary: dict[str, Any] = {
+        "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "prepare_seconds": round(prep, 1),
+        "libraries": libraries,
+        "workers": args.workers,
+        "runs": {},
+    }
+    summary_path = args.out / "summary.json"
+    if summary_path.exists():  # keep the runs already recorded
+        summary["runs"] = json.loads(summary_path.read_text()).get("runs", {})
+    for name in args.runs.split(","):
+        spec = RUNS[name]
+        splitter = WalkForwardSplit(
+            spec["start"],
+            spec["end"],
+            train_window_days=365,
+            test_window_days=30,
+            retrain_every_days=30,
+            expanding=spec["expanding"],
+        )
+        t0 = time.perf_counter()
+
+        def tick(done: int, total: int, name: str = name, t0: float = t0) -> None:
+            print(f"  [{name}] fold {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        result = run_backtest(
+            frame,
+            RacePipeline(libraries=libraries, n_jobs=1),
+            splitter,
+            feature_columns=columns,
+            workers=args.workers if args.workers > 1 else None,
+            progress=tick,
+        )
+        wall = time.perf_counter() - t0
+        paths = write_outputs(result, args.out / name)
+        m = result.metrics
+        row = {k: m.get(k) for k in HEADLINE}
+        row.update(
+            wall_seconds=round(wall, 1),
+            n_folds=len(result.folds),
+            a_mean=m["second_stage"]["a_mean"],
+            b_mean=m["second_stage"]["b_mean"],
+            report=str(paths["report"]),
+        )
+        summary["runs"][name] = row
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+        print(f"{name}: {len(result.folds)} folds in {wall:.0f} s", flush=True)
+        print(json.dumps(row, indent=1, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
