@@ -48,14 +48,10 @@ PREDICTION_COLUMNS: dict[str, str] = {
     "calibration_group": "VARCHAR",
     "latency_ms": "DOUBLE NOT NULL",
     "features_json": "VARCHAR",
-    "finish_position": "INTEGER",
-    "won": "BOOLEAN",
-    "placed": "BOOLEAN",
-    "outcome_at": "TIMESTAMP",
 }
-# the columns a writer supplies; the outcome columns are filled later by record_outcomes
-PREDICTION_INPUT_COLUMNS = tuple(c for c in PREDICTION_COLUMNS if c not in ("finish_position", "won", "placed",
-                                                                              "outcome_at"))
+PREDICTION_INPUT_COLUMNS = tuple(PREDICTION_COLUMNS)
+# the outcome columns the scored_predictions view adds to each prediction
+OUTCOME_COLUMNS = ("finish_position", "won", "placed", "outcome_at")
 
 LOG_MIGRATIONS: tuple[LogMigration, ...] = (
     LogMigration(
@@ -72,6 +68,24 @@ LOG_MIGRATIONS: tuple[LogMigration, ...] = (
             status VARCHAR NOT NULL,
             recorded_at TIMESTAMP NOT NULL
         );
+        -- predictions are never updated: the outcome of a race joins them here (Hong Kong place terms: the
+        -- first 3 place with 7 or more starters, the first 2 with 4 to 6, none with fewer)
+        CREATE OR REPLACE VIEW scored_predictions AS
+        WITH terms AS (
+            SELECT race_id,
+                   CASE WHEN count(*) FILTER (WHERE status <> 'withdrawn') >= 7 THEN 3
+                        WHEN count(*) FILTER (WHERE status <> 'withdrawn') >= 4 THEN 2 ELSE 0 END AS places
+            FROM outcomes GROUP BY race_id
+        )
+        SELECT p.*, o.finish_position,
+               CASE WHEN o.status IS NULL OR o.status = 'withdrawn' THEN NULL
+                    ELSE coalesce(o.finish_position = 1, false) END AS won,
+               CASE WHEN o.status IS NULL OR o.status = 'withdrawn' OR t.places = 0 THEN NULL
+                    ELSE coalesce(o.finish_position <= t.places, false) END AS placed,
+               o.recorded_at AS outcome_at
+        FROM predictions AS p
+        LEFT JOIN outcomes AS o ON o.race_id = p.race_id AND o.horse_id = p.horse_id
+        LEFT JOIN terms AS t ON t.race_id = p.race_id;
         CREATE TABLE IF NOT EXISTS qualitative_submissions (
             race_id VARCHAR NOT NULL,
             horse_id VARCHAR NOT NULL,
@@ -246,37 +260,30 @@ def logged_horses(conn: duckdb.DuckDBPyConnection, race_id: str) -> set[str]:
 def record_outcomes(
     conn: duckdb.DuckDBPyConnection, race_id: str, outcomes: list[tuple[str, int | None, str]], at: datetime
 ) -> int:
-    """Store a race's result, (horse_id, finish_position, status) per runner, and mark its logged predictions.
+    """Store a race's result, (horse_id, finish_position, status) per runner; a re-submitted result replaces the
+    earlier one. The ``scored_predictions`` view joins it to the race's predictions. Returns how many it scores."""
+    return record_many_outcomes(conn, {race_id: outcomes}, at)
 
-    Hong Kong place terms: the first 3 place with 7 or more starters, the first 2 with 4 to 6, none with fewer
-    (placed stays NULL then). A re-submitted result replaces the earlier one. Returns the predictions updated.
-    """
+
+def record_many_outcomes(
+    conn: duckdb.DuckDBPyConnection, results: Mapping[str, list[tuple[str, int | None, str]]], at: datetime
+) -> int:
+    """``record_outcomes`` for several races at once (race_id -> outcomes)."""
+    if not results:
+        return 0
     at = at.replace(tzinfo=None)
-    starters = sum(1 for _, _, status in outcomes if status != "withdrawn")
-    places = 3 if starters >= 7 else 2 if starters >= 4 else 0
-    conn.execute("DELETE FROM outcomes WHERE race_id = ?", [race_id])
-    conn.executemany(
-        "INSERT INTO outcomes VALUES (?, ?, ?, ?, ?)", [(race_id, h, pos, status, at) for h, pos, status in outcomes]
-    )
-    before = conn.execute(
-        "SELECT count(*) FROM predictions WHERE race_id = ? AND horse_id IN (SELECT horse_id FROM outcomes "
-        "WHERE race_id = ?)",
-        [race_id, race_id],
-    ).fetchall()[0][0]
-    conn.execute(
-        """
-        UPDATE predictions AS p SET
-            finish_position = o.finish_position,
-            won = CASE WHEN o.status = 'withdrawn' THEN NULL ELSE coalesce(o.finish_position = 1, false) END,
-            placed = CASE WHEN o.status = 'withdrawn' OR ? = 0 THEN NULL
-                          ELSE coalesce(o.finish_position <= ?, false) END,
-            outcome_at = o.recorded_at
-        FROM outcomes AS o
-        WHERE p.race_id = ? AND o.race_id = p.race_id AND o.horse_id = p.horse_id
-        """,
-        [places, places, race_id],
-    )
-    return int(before)
+    race_ids = list(results)
+    marks = ", ".join("?" for _ in race_ids)
+    conn.execute(f"DELETE FROM outcomes WHERE race_id IN ({marks})", race_ids)
+    values = [v for race_id, rows in results.items() for h, pos, status in rows for v in (race_id, h, pos, status, at)]
+    for lo in range(0, len(values), 5 * _INSERT_CHUNK):
+        chunk = values[lo : lo + 5 * _INSERT_CHUNK]
+        conn.execute("INSERT INTO outcomes VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * (len(chunk) // 5)), chunk)
+    scored = conn.execute(
+        f"SELECT count(*) FROM predictions SEMI JOIN outcomes USING (race_id, horse_id) WHERE race_id IN ({marks})",
+        race_ids,
+    ).fetchall()
+    return int(scored[0][0])
 
 
 def store_daily_metrics(conn: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
@@ -320,7 +327,7 @@ def predictions_frame(
     With ``latest_only`` a runner predicted several times counts once, by its last prediction in the window.
     """
     where, params = _day_filter(start, end)
-    sql = f"SELECT * FROM predictions{where}"
+    sql = f"SELECT * FROM scored_predictions{where}"
     if latest_only:
         sql += " QUALIFY row_number() OVER (PARTITION BY race_id, horse_id ORDER BY timestamp DESC) = 1"
     return conn.execute(sql, params).df()
@@ -366,9 +373,9 @@ def list_predictions(
         clauses.append("CAST(timestamp AS DATE) = ?")
         params.append(day)
     where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    cols = [c for c in PREDICTION_COLUMNS if c != "features_json"]
+    cols = [c for c in (*PREDICTION_COLUMNS, *OUTCOME_COLUMNS) if c != "features_json"]
     rows = conn.execute(
-        f"SELECT {', '.join(cols)} FROM predictions{where} ORDER BY timestamp DESC, prediction_id LIMIT ?",
+        f"SELECT {', '.join(cols)} FROM scored_predictions{where} ORDER BY timestamp DESC, prediction_id LIMIT ?",
         [*params, limit],
     ).fetchall()
     return [dict(zip(cols, row, strict=True)) for row in rows]
