@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
@@ -103,3 +103,22 @@ def send_alerts(
                 c, a["kind"], a["message"], json.dumps(a.get("details", {}), default=str), a["delivered"],
                 datetime.fromisoformat(a["raised_at"])) for a in sent])
     return sent
+
+
+def check_and_alert(
+    source: LogSource, settings: Any, *, day: date | str | None = None, reference_features: Any = None
+) -> list[dict[str, Any]]:
+    """``racequant monitor alerts``: the day's metrics (stored) and the drift report, then any alerts they call for,
+    sent per ``settings`` (webhook, timeout, retries, thresholds) and recorded in the log."""
+    from racequant.monitor.drift import drift
+    from racequant.monitor.metrics import daily_metrics
+
+    day = date.fromisoformat(day) if isinstance(day, str) else day or datetime.now(UTC).date()
+    metrics = daily_metrics(source, day, store=True)
+    report = drift(source, as_of=day, recent_days=settings.drift_recent_days, reference_features=reference_features,
+                   auc_drop=settings.drift_auc_drop, ece_max=settings.drift_ece_max, psi_max=settings.drift_psi_max,
+                   coverage_target=settings.interval_coverage_target,
+                   coverage_tolerance=settings.interval_coverage_tolerance)
+    alerts = evaluate_alerts(report, metrics, latency_ms_max=settings.alert_latency_ms, ece_max=settings.drift_ece_max)
+    return send_alerts(alerts, webhook_url=settings.alert_webhook_url, timeout_s=settings.alert_timeout_s,
+                       retries=settings.alert_retries, log=source)
