@@ -24,25 +24,48 @@ GOING_SHRINK_RACES = 5.0
 BEFORE = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
 
 
-def base_statements(races: str, runners: str, horses: str) -> list[str]:
-    """SQL creating the temp tables _fx_race, _fx_run0, _fx_rt, _fx_run from the three source relations."""
+Step = tuple[str, str]  # (relation name, SELECT statement defining it)
+
+
+def base_steps(
+    races: str,
+    runners: str,
+    horses: str,
+    *,
+    seq_offset: int = 0,
+    race_aggs: str = "_fx_rta",
+    class_aggs: str = "_fx_cpa",
+) -> list[Step]:
+    """The relations _fx_race, _fx_run0, _fx_rta, _fx_rt, _fx_run1, _fx_cpa, _fx_cp, _fx_run from the sources.
+
+    ``race_aggs`` / ``class_aggs`` are the per-race aggregates the cumulative pars are accumulated over: the
+    bulk build passes its own (``_fx_rta`` / ``_fx_cpa``); a race card passes the stored aggregates of the
+    races before it followed by its own, so the same window SQL gives the card the values of the bulk build.
+    ``seq_offset`` is added to the start-order number (a card's race follows the stored history).
+    """
     s_per_lb = SECONDS_PER_LENGTH * LENGTHS_PER_LB_AT_MILE
     return [
-        f"""
-        CREATE OR REPLACE TEMP TABLE _fx_race AS
-        SELECT race_id, date, track, distance_m, surface, coalesce(going, 'UNKNOWN') AS going,
+        (
+            "_fx_race",
+            f"""
+        SELECT race_id, date, race_no, off_time, track, distance_m, surface, coalesce(going, 'UNKNOWN') AS going,
                coalesce(course_config, '') AS course_config, prize, section_distances_m,
                TRY_CAST(split_part(rating_band, '-', 1) AS DOUBLE) AS band_top,
                {CLASS_SCALE_SQL} AS class_num,
                CASE WHEN distance_m <= 1200 THEN 'sprint' WHEN distance_m <= 1650 THEN 'mile'
                     WHEN distance_m <= 2000 THEN 'middle' ELSE 'staying' END AS dist_band,
-               row_number() OVER (ORDER BY date, race_no NULLS LAST, off_time NULLS LAST, race_id) AS race_seq
+               {seq_offset} + row_number() OVER (ORDER BY date, race_no NULLS LAST, off_time NULLS LAST, race_id)
+                   AS race_seq
         FROM {races}
         """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE _fx_run0 AS
+        ),
+        (
+            "_fx_run0",
+            f"""
         WITH u AS (
-            SELECT u.*, r.race_seq, r.date, r.track, r.distance_m, r.surface, r.going, r.dist_band, r.class_num,
+            -- age and sex on the race card, else from the horse record (age = race year - foaled year)
+            SELECT u.* REPLACE (coalesce(u.age, year(r.date) - h.foaled_year) AS age, coalesce(u.sex, h.sex) AS sex),
+                   r.race_seq, r.date, r.track, r.distance_m, r.surface, r.going, r.dist_band, r.class_num,
                    r.course_config, r.prize, r.band_top, r.section_distances_m AS sec_m,
                    h.sire, h.dam, h.damsire,
                    count(*) OVER (PARTITION BY u.race_id) AS field_size,
@@ -50,7 +73,8 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
                        OVER (PARTITION BY u.race_id) AS winner_time_s
             FROM {runners} u
             JOIN _fx_race r USING (race_id)
-            LEFT JOIN (SELECT horse_id, any_value(sire) AS sire, any_value(dam) AS dam, any_value(damsire) AS damsire
+            LEFT JOIN (SELECT horse_id, any_value(sire) AS sire, any_value(dam) AS dam, any_value(damsire) AS damsire,
+                              any_value(sex) AS sex, any_value(foaled_year) AS foaled_year
                        FROM {horses} GROUP BY horse_id) h USING (horse_id)
             WHERE u.status IS DISTINCT FROM 'withdrawn'
         ), v AS (
@@ -90,9 +114,11 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
                row_number() OVER (PARTITION BY horse_id ORDER BY race_seq) AS race_seq_h
         FROM v
         """,
+        ),
         # One row per race: what its result says about pars (winner time, field pace, field final sections).
-        f"""
-        CREATE OR REPLACE TEMP TABLE _fx_rt AS
+        (
+            "_fx_rta",
+            """
         WITH a AS (
             SELECT race_id,
                    CAST(min(run_time) FILTER (WHERE won = 1) AS DECIMAL(18, 6)) AS winner_time,
@@ -103,13 +129,19 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
                    count(*) AS n_runners,
                    sum(has_result) AS n_res, sum(won) AS n_won, sum(placed) AS n_placed
             FROM _fx_run0 GROUP BY race_id
-        ), b AS (
-            SELECT r.race_id, r.race_seq, r.track, r.distance_m, r.surface, r.going, r.class_num,
-                   a.* EXCLUDE (race_id),
-                   avg(a.winner_time) OVER w_tds AS par_tds,
-                   avg(a.race_early200) OVER w_tds AS par_early200
-            FROM _fx_race r JOIN a USING (race_id)
-            WINDOW w_tds AS (PARTITION BY r.track, r.distance_m, r.surface ORDER BY r.race_seq {BEFORE})
+        )
+        SELECT r.race_id, r.race_seq, r.track, r.distance_m, r.surface, r.going, r.class_num,
+               a.* EXCLUDE (race_id)
+        FROM _fx_race r JOIN a USING (race_id)
+        """,
+        ),
+        (
+            "_fx_rt",
+            f"""
+        WITH b AS (
+            SELECT *, avg(winner_time) OVER w_tds AS par_tds, avg(race_early200) OVER w_tds AS par_early200
+            FROM {race_aggs}
+            WINDOW w_tds AS (PARTITION BY track, distance_m, surface ORDER BY race_seq {BEFORE})
         )
         SELECT *,
                coalesce(sum(CAST((winner_time - par_tds) / distance_m AS DECIMAL(18, 9))) OVER w_g
@@ -122,8 +154,10 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
         WINDOW w_g AS (PARTITION BY track, surface, going ORDER BY race_seq {BEFORE}),
                w_all AS (ORDER BY race_seq {BEFORE})
         """,
-        """
-        CREATE OR REPLACE TEMP TABLE _fx_run1 AS
+        ),
+        (
+            "_fx_run1",
+            """
         SELECT u.*, t.race_l200, t.prior_win, t.prior_place,
                t.par_tds + t.going_adj_per_m * u.distance_m AS par_time,
                CAST(CASE WHEN abs(u.adj_time / (t.par_tds + t.going_adj_per_m * u.distance_m) - 1) <= 0.15
@@ -134,25 +168,32 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
                1000 * (t.par_early200 - t.race_early200) / t.par_early200 AS race_pace_fig
         FROM _fx_run0 u JOIN _fx_rt t USING (race_id)
         """,
+        ),
         # Class par: the mean winning figure at a class over earlier races; the population mean figure.
-        f"""
-        CREATE OR REPLACE TEMP TABLE _fx_cp AS
-        WITH a AS (
+        (
+            "_fx_cpa",
+            """
             SELECT race_id, any_value(race_seq) AS race_seq, any_value(class_num) AS class_num,
                    max(fig) FILTER (WHERE won = 1) AS winner_fig,  -- DECIMAL: exact cumulative sums
                    list_sum(list(fig ORDER BY horse_id) FILTER (WHERE fig IS NOT NULL)) AS fig_sum,
                    count(fig) AS fig_n
             FROM _fx_run1 GROUP BY race_id
-        )
+        """,
+        ),
+        (
+            "_fx_cp",
+            f"""
         SELECT race_id,
                CASE WHEN class_num IS NOT NULL THEN avg(winner_fig) OVER w_c END AS class_par_fig,
                sum(fig_sum) OVER w_all / sum(fig_n) OVER w_all AS prior_fig
-        FROM a
+        FROM {class_aggs}
         WINDOW w_c AS (PARTITION BY class_num ORDER BY race_seq {BEFORE}),
                w_all AS (ORDER BY race_seq {BEFORE})
         """,
-        """
-        CREATE OR REPLACE TEMP TABLE _fx_run AS
+        ),
+        (
+            "_fx_run",
+            """
         WITH q AS (
             SELECT u.* REPLACE (
                                               CAST(u.l200 AS DECIMAL(18, 6)) AS l200,
@@ -175,4 +216,5 @@ def base_statements(races: str, runners: str, horses: str) -> list[str]:
                race_seq_h * fig AS fig_xy
         FROM q
         """,
+        ),
     ]

@@ -29,7 +29,7 @@ def build_and_store(
 ) -> dict[str, Any]:
     """Build the features of every race in the warehouse and store them; return a summary."""
     started = time.perf_counter()
-    frame = build_features(conn, progress=progress)
+    frame = build_features(conn, progress=progress, save_card_state=True)
     seconds = time.perf_counter() - started
     summary = feature_store.store_features(
         conn, frame, feature_version=feature_version(), manifest=list_features(), seconds=seconds

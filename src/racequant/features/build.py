@@ -25,8 +25,9 @@ import pandas as pd
 
 from racequant.errors import RacequantError
 from racequant.features import class_, composites, connections, context, market, pedigree, sectionals, speed
-from racequant.features._base import BEFORE, base_statements
+from racequant.features._base import BEFORE, Step, base_steps
 from racequant.features.manifest import all_specs, feature_version
+from racequant.warehouse import feature_store
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ _HORSE_WINDOWS = f"""
     wj AS (PARTITION BY horse_id, jockey_id ORDER BY race_seq {BEFORE})
 """
 
-_FIELD_WINDOWS = """
-    fr AS (PARTITION BY race_id ORDER BY horse_id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING),
-    frx AS (PARTITION BY race_id ORDER BY horse_id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING
-            EXCLUDE CURRENT ROW)
-"""
 
 _TARGET_RUNS = "(SELECT * FROM _fx_run WHERE race_id IN (SELECT race_id FROM _fx_tgt))"
 
@@ -65,30 +61,41 @@ def _groups() -> dict[str, tuple[tuple[str, ...], int | None]]:
     return groups
 
 
-def _group_statement(name: str, keys: tuple[str, ...], rolling: int | None) -> str:
+def _group_steps(
+    name: str, keys: tuple[str, ...], rolling: int | None, group_aggs: Callable[[str, tuple[str, ...]], str] | str
+) -> list[Step]:
+    """Per (key, race) totals of the runs touching the targets' keys, then the totals over earlier races."""
     k = ", ".join(keys)
     not_null = " AND ".join(f"{c} IS NOT NULL" for c in keys)
     start = "UNBOUNDED" if rolling is None else str(rolling)
-    return f"""
-    CREATE OR REPLACE TEMP TABLE _fx_g_{name} AS
-    WITH a AS (
-        SELECT {k}, race_seq, sum(has_result) AS n, sum(won) AS w, sum(placed) AS p,
-               list_sum(list(fig ORDER BY horse_id) FILTER (WHERE fig IS NOT NULL)) AS fs, count(fig) AS fn
-        FROM _fx_run SEMI JOIN (SELECT DISTINCT {k} FROM {_TARGET_RUNS} t WHERE {not_null}) USING ({k})
-        GROUP BY {k}, race_seq
-    )
+    aggs = f"""
+    SELECT {k}, race_seq, sum(has_result) AS n, sum(won) AS w, sum(placed) AS p,
+           list_sum(list(fig ORDER BY horse_id) FILTER (WHERE fig IS NOT NULL)) AS fs, count(fig) AS fn
+    FROM _fx_run SEMI JOIN (SELECT DISTINCT {k} FROM {_TARGET_RUNS} t WHERE {not_null}) USING ({k})
+    GROUP BY {k}, race_seq
+    """
+    totals = f"""
     SELECT {", ".join(f"{c} AS k_{c}" for c in keys)}, race_seq AS k_race_seq,
            sum(n) OVER w AS n_b, sum(w) OVER w AS w_b, sum(p) OVER w AS p_b, sum(fs) OVER w AS fs_b,
            sum(fn) OVER w AS fn_b
-    FROM a
+    FROM {group_aggs(name, keys) if callable(group_aggs) else f"_fx_ga_{name}"}
     WINDOW w AS (PARTITION BY {k} ORDER BY race_seq ROWS BETWEEN {start} PRECEDING AND 1 PRECEDING)
     """
+    return [(f"_fx_ga_{name}", aggs), (f"_fx_g_{name}", totals)]
 
 
-def _pipeline(races: str, runners: str, horses: str, targets_sql: str) -> list[str]:
-    stmts = base_statements(races, runners, horses)
-    stmts.append(f"CREATE OR REPLACE TEMP TABLE _fx_tgt AS {targets_sql}")
-    stmts.extend(_group_statement(n, keys, rolling) for n, (keys, rolling) in _groups().items())
+def _target_steps(
+    group_aggs: Callable[[str, tuple[str, ...]], str] | str = "", horse_runs: str = "_fx_run"
+) -> list[Step]:
+    """Everything after the base stage, for the runners of the races in _fx_tgt.
+
+    ``group_aggs`` (group name, keys -> relation; default this build's ``_fx_ga_<name>``) and ``horse_runs``
+    are what the cumulative windows run over: this build's own relations in bulk, the stored history
+    followed by the card's own rows for a race card.
+    """
+    steps: list[Step] = []
+    for n, (keys, rolling) in _groups().items():
+        steps.extend(_group_steps(n, keys, rolling, group_aggs))
     horse_exprs = (
         *speed.HORSE_EXPRS,
         *class_.HORSE_EXPRS,
@@ -96,25 +103,23 @@ def _pipeline(races: str, runners: str, horses: str, targets_sql: str) -> list[s
         *context.HORSE_EXPRS,
         *connections.HORSE_EXPRS,
     )
-    stmts.append(f"""
-    CREATE OR REPLACE TEMP TABLE _fx_h AS
+    steps.append(("_fx_h", f"""
     SELECT *, {", ".join(horse_exprs)}
-    FROM _fx_run
+    FROM {horse_runs}
     WHERE horse_id IN (SELECT horse_id FROM {_TARGET_RUNS} t)
     WINDOW {_HORSE_WINDOWS}
-    """)
+    """))
     row1 = (*speed.ROW_EXPRS, *class_.ROW_EXPRS, *sectionals.ROW_EXPRS, *context.ROW_EXPRS)
     join_exprs = (*connections.JOIN_EXPRS, *pedigree.EXPRS)
     joins = []
     for name, (keys, _rolling) in _groups().items():
         on = " AND ".join(f"g_{name}.k_{c} = h.{c}" for c in (*keys, "race_seq"))
         joins.append(f"LEFT JOIN _fx_g_{name} g_{name} ON {on}")
-    stmts.append(f"""
-    CREATE OR REPLACE TEMP TABLE _fx_j AS
+    steps.append(("_fx_j", f"""
     SELECT h.*, {", ".join(row1)}, {", ".join(join_exprs)}
     FROM _fx_h h {" ".join(joins)}
     WHERE h.race_id IN (SELECT race_id FROM _fx_tgt)
-    """)
+    """))
     field_exprs = (
         *speed.FIELD_EXPRS,
         *class_.FIELD_EXPRS,
@@ -124,67 +129,75 @@ def _pipeline(races: str, runners: str, horses: str, targets_sql: str) -> list[s
         *composites.FIELD_EXPRS,
         *market.FIELD_EXPRS,
     )
-    stmts.append(f"""
-    CREATE OR REPLACE TEMP TABLE _fx_f AS
-    SELECT *, {", ".join(field_exprs)}
-    FROM _fx_j
-    WINDOW {_FIELD_WINDOWS}
-    """)
+    field_lists = (
+        *speed.FIELD_LISTS,
+        *class_.FIELD_LISTS,
+        *sectionals.FIELD_LISTS,
+        *context.FIELD_LISTS,
+        *connections.FIELD_LISTS,
+        *composites.FIELD_LISTS,
+        *market.FIELD_LISTS,
+    )
+    # One group-by per race gives each value of today's field as a list (ordered by horse_id); the field
+    # features compare the runner with those lists.
+    steps.append(("_fx_fl", f"SELECT race_id, {', '.join(field_lists)} FROM _fx_j GROUP BY race_id"))
+    steps.append(("_fx_f", f"""
+    SELECT j.*, {", ".join(field_exprs)}
+    FROM _fx_j j JOIN _fx_fl USING (race_id)
+    """))
     casts = []
     for spec in all_specs():
         sql_type = "VARCHAR" if spec.dtype == "varchar" else "DOUBLE"
         casts.append(f"CAST({spec.name} AS {sql_type}) AS {spec.name}")
-    stmts.append(f"""
-    CREATE OR REPLACE TEMP TABLE _fx_out AS
+    steps.append(("_fx_out", f"""
     WITH c AS (SELECT *, {", ".join(composites.ROW_EXPRS)} FROM _fx_f)
     SELECT race_id, horse_id, date AS race_date, race_seq, {", ".join(casts)}
     FROM c ORDER BY race_seq, horse_id
-    """)
-    return stmts
+    """))
+    return steps
 
 
-_TEMP_TABLES = (
-    "_fx_race",
-    "_fx_run0",
-    "_fx_rt",
-    "_fx_run1",
-    "_fx_cp",
-    "_fx_run",
-    "_fx_tgt",
-    "_fx_h",
-    "_fx_j",
-    "_fx_f",
-    "_fx_out",
-)
+def _pipeline(races: str, runners: str, horses: str, targets_sql: str) -> list[Step]:
+    return [
+        *base_steps(races, runners, horses),
+        ("_fx_tgt", targets_sql),
+        *_target_steps(),
+    ]
+
+
+def _step_names() -> list[str]:
+    return [name for name, _sql in _pipeline("races", "runners", "horses", "")]
 
 
 def _cleanup(conn: duckdb.DuckDBPyConnection, extra: Iterable[str] = ()) -> None:
-    names = [*_TEMP_TABLES, *(f"_fx_g_{n}" for n in _groups()), *extra]
-    for name in names:
+    for name in (*_step_names(), *extra):
         conn.execute(f"DROP TABLE IF EXISTS {name}")
-        conn.execute(f"DROP VIEW IF EXISTS {name}")
 
 
-def _run(
-    conn: duckdb.DuckDBPyConnection,
-    races: str,
-    runners: str,
-    horses: str,
-    targets_sql: str,
-    progress: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
-    try:
-        for i, stmt in enumerate(_pipeline(races, runners, horses, targets_sql)):
-            conn.execute(stmt)
-            if progress is not None:
-                progress(f"feature SQL step {i + 1}")
-        out = conn.execute("SELECT * FROM _fx_out").df()
-    except duckdb.Error as exc:
-        raise FeatureBuildError(f"The feature build failed: {exc}") from exc
-    finally:
-        _cleanup(conn)
-    out["race_seq"] = out["race_seq"].astype("int64")
-    return out
+def _execute_steps(
+    conn: duckdb.DuckDBPyConnection, steps: Sequence[Step], progress: Callable[[str], None] | None = None
+) -> None:
+    for i, (name, sql) in enumerate(steps):
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        if progress is not None:
+            progress(f"feature SQL step {i + 1}/{len(steps)} ({name})")
+
+
+def _card_state_sources() -> dict[str, str]:
+    """Stored card state -> the temp relation of the bulk build it is copied from."""
+    sources = {"race": "_fx_race", "rta": "_fx_rta", "cpa": "_fx_cpa", "run": "_fx_run"}
+    sources.update({f"ga_{n}": f"_fx_ga_{n}" for n in _groups()})
+    return sources
+
+
+def _save_card_state(conn: duckdb.DuckDBPyConnection) -> None:
+    feature_store.save_card_state(
+        conn, _card_state_sources(), fingerprint=_warehouse_fingerprint(conn), version=feature_version()
+    )
+
+
+def _warehouse_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
+    return f"{feature_version()}:{feature_store.warehouse_fingerprint(conn)}"
 
 
 def build_features(
@@ -192,11 +205,13 @@ def build_features(
     *,
     race_ids: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    save_card_state: bool = False,
 ) -> pd.DataFrame:
     """Point-in-time features of every runner (withdrawn excluded) of the given races (default: all).
 
     Columns: race_id, horse_id, race_date, race_seq, then every feature of the manifest (market included;
-    ``manifest.fundamental_specs()`` names the ones a model may learn from).
+    ``manifest.fundamental_specs()`` names the ones a model may learn from). With ``save_card_state`` (only
+    for a build of all races) the running state race cards start from is stored too.
     """
     started = time.perf_counter()
     if race_ids is None:
@@ -205,12 +220,42 @@ def build_features(
         conn.register("_fx_wanted", pd.DataFrame({"race_id": list(race_ids)}, dtype="string"))
         targets = "SELECT race_id FROM _fx_race WHERE race_id IN (SELECT race_id FROM _fx_wanted)"
     try:
-        out = _run(conn, "races", "runners", "horses", targets, progress)
+        _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
+        out = conn.execute("SELECT * FROM _fx_out").df()
+        if save_card_state and race_ids is None:
+            _save_card_state(conn)
+    except duckdb.Error as exc:
+        raise FeatureBuildError(f"The feature build failed: {exc}") from exc
     finally:
+        _cleanup(conn)
         if race_ids is not None:
             conn.unregister("_fx_wanted")
+    out["race_seq"] = out["race_seq"].astype("int64")
     logger.info("Built %d feature rows in %.2f s", len(out), time.perf_counter() - started)
     return out
+
+
+def refresh_card_state(conn: duckdb.DuckDBPyConnection, *, force: bool = False) -> bool:
+    """Store the running state race cards start from, unless it is current; return True if it was rebuilt.
+
+    The state is the base stage of the whole history (every run's figures, every race's par aggregates) and
+    the per-(key, race) totals of every group, exactly as the bulk build computes them.
+    """
+    if not force and feature_store.card_state_fingerprint(conn) == _warehouse_fingerprint(conn):
+        return False
+    started = time.perf_counter()
+    steps = [*base_steps("races", "runners", "horses"), ("_fx_tgt", "SELECT race_id FROM _fx_race")]
+    for name, (keys, rolling) in _groups().items():
+        steps.append(_group_steps(name, keys, rolling, "")[0])
+    try:
+        _execute_steps(conn, steps)
+        _save_card_state(conn)
+    except duckdb.Error as exc:
+        raise FeatureBuildError(f"Building the race-card state failed: {exc}") from exc
+    finally:
+        _cleanup(conn)
+    logger.info("Stored the race-card state in %.2f s", time.perf_counter() - started)
+    return True
 
 
 _RACE_COLS = (
@@ -252,7 +297,7 @@ _RUNNER_COLS = (
     "win_odds",
     "place_odds",
 )
-_HORSE_COLS = ("horse_id", "sire", "dam", "damsire")
+_HORSE_COLS = ("horse_id", "sire", "dam", "damsire", "sex", "foaled_year")
 
 
 def _card_frames(card: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -293,81 +338,133 @@ def _card_frames(card: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, p
     return races, runners, horses
 
 
+_CARD_RACES = """(
+    SELECT CAST(race_id AS VARCHAR) AS race_id, CAST(date AS DATE) AS date, CAST(track AS VARCHAR) AS track,
+           CAST(country AS VARCHAR) AS country, CAST(race_no AS INTEGER) AS race_no,
+           CAST(off_time AS VARCHAR) AS off_time, CAST(distance_m AS INTEGER) AS distance_m,
+           CAST(surface AS VARCHAR) AS surface, CAST(going AS VARCHAR) AS going,
+           CAST(race_class AS VARCHAR) AS race_class, CAST(rating_band AS VARCHAR) AS rating_band,
+           CAST(prize AS DOUBLE) AS prize, CAST(course_config AS VARCHAR) AS course_config,
+           CAST(section_distances_m AS INTEGER[]) AS section_distances_m
+    FROM {src})"""
+# The race has not been run: results are unknown whatever the card says.
+_CARD_RUNNERS = """(
+    SELECT CAST(race_id AS VARCHAR) AS race_id, CAST(horse_id AS VARCHAR) AS horse_id,
+           CAST(horse_name AS VARCHAR) AS horse_name, CAST(saddle_no AS INTEGER) AS saddle_no,
+           CAST(draw AS INTEGER) AS draw, CAST(jockey_id AS VARCHAR) AS jockey_id,
+           CAST(trainer_id AS VARCHAR) AS trainer_id, CAST(age AS INTEGER) AS age, CAST(sex AS VARCHAR) AS sex,
+           CAST(carried_weight_lbs AS DOUBLE) AS carried_weight_lbs,
+           CAST(horse_weight_lbs AS DOUBLE) AS horse_weight_lbs, CAST(rating AS DOUBLE) AS rating,
+           CAST(gear AS VARCHAR) AS gear, CAST(NULL AS VARCHAR) AS status, CAST(NULL AS INTEGER) AS finish_position,
+           CAST(NULL AS DOUBLE) AS margin_lengths, CAST(NULL AS DOUBLE) AS finish_time_s,
+           CAST(NULL AS INTEGER[]) AS running_positions, CAST(NULL AS DOUBLE[]) AS section_times_s,
+           CAST(win_odds AS DOUBLE) AS win_odds, CAST(place_odds AS DOUBLE) AS place_odds
+    FROM {src})"""
+_CARD_HORSES = """(
+    SELECT horse_id, sire, dam, damsire, sex, foaled_year FROM horses
+    WHERE horse_id IN (SELECT CAST(horse_id AS VARCHAR) FROM {runners})
+    UNION ALL
+    SELECT CAST(horse_id AS VARCHAR), CAST(sire AS VARCHAR), CAST(dam AS VARCHAR), CAST(damsire AS VARCHAR),
+           CAST(sex AS VARCHAR), CAST(foaled_year AS INTEGER)
+    FROM {src} WHERE CAST(horse_id AS VARCHAR) NOT IN (SELECT horse_id FROM horses))"""
+
+
+def _history_before(conn: duckdb.DuckDBPyConnection, race: pd.Series, cutoff: date) -> tuple[int, str]:
+    """The stored races that start before the card's race and are dated on or before ``cutoff``.
+
+    Returns (the race_seq to give the card's race, a predicate on race_seq selecting those races). The
+    stored start order is a prefix of the full order, so this is ``race_seq <= n`` (minus the card's own
+    race if the warehouse holds it with an earlier start key).
+    """
+    row = conn.execute(
+        """
+        WITH allr AS (
+            SELECT date, race_no, off_time, race_id, race_seq FROM feature_state_race
+            WHERE date <= $cutoff AND race_id <> $race_id
+            UNION ALL SELECT $date, $race_no, $off_time, $race_id, NULL
+        ), s AS (
+            SELECT race_seq, row_number() OVER (ORDER BY date, race_no NULLS LAST, off_time NULLS LAST, race_id) AS s
+            FROM allr
+        )
+        SELECT coalesce(max(race_seq) FILTER (WHERE s < (SELECT s FROM s WHERE race_seq IS NULL)), 0),
+               (SELECT max(race_seq) FROM feature_state_race WHERE race_id = $race_id)
+        FROM s
+        """,
+        {
+            "cutoff": cutoff,
+            "race_id": str(race["race_id"]),
+            "date": race["date"],
+            "race_no": None if pd.isna(race["race_no"]) else int(race["race_no"]),
+            "off_time": None if pd.isna(race["off_time"]) else str(race["off_time"]),
+        },
+    ).fetchall()[0]
+    last_seq, own_seq = int(row[0]), row[1]
+    where = f"race_seq <= {last_seq}"
+    if own_seq is not None and own_seq < last_seq:
+        where += f" AND race_seq <> {int(own_seq)}"
+    return last_seq, where
+
+
 def features_for_card(
     conn: duckdb.DuckDBPyConnection, card: Mapping[str, Any], as_of: date | datetime | str | None = None
 ) -> pd.DataFrame:
-    """Features of one new race card, computed by the bulk pipeline on the history before the race.
+    """Features of one new race card: the bulk SQL run on the stored running state plus the card's rows.
 
     ``card`` = {"race": {race columns}, "runners": [{runner columns}], "horses": [{horse_id, sire, dam,
-    damsire}] (optional, for horses not yet in the warehouse)}. Only races that start before the card's
-    race and are dated on or before ``as_of`` (default: the race date) are used.
+    damsire, sex, foaled_year}] (optional, for horses not yet in the warehouse)}. Only races that start before
+    the card's race and are dated on or before ``as_of`` (default: the race date) are used.
+
+    The running state (``refresh_card_state``) is the base stage of the whole history and the per-(key, race)
+    group totals; it is rebuilt first if the warehouse changed since. The card's own base rows and every
+    window then run over (stored rows of the races before the card) + (the card's rows), with the statements
+    of the bulk build, so a card gets exactly the features the bulk build gives that race.
     """
+    started = time.perf_counter()
     races, runners, horses = _card_frames(card)
     race_date = races["date"].iloc[0]
     cutoff = pd.Timestamp(as_of).date() if as_of is not None else race_date
-    if cutoff > race_date:
-        cutoff = race_date
+    cutoff = min(cutoff, race_date)
+    refresh_card_state(conn)
+    last_seq, before = _history_before(conn, races.iloc[0], cutoff)
     tag = uuid.uuid4().hex[:8]
     names = {k: f"_fx_card_{k}_{tag}" for k in ("races", "runners", "horses")}
-    src = {k: f"_fx_src_{k}_{tag}" for k in ("races", "runners", "horses")}
     for key, frame in (("races", races), ("runners", runners), ("horses", horses)):
         conn.register(names[key], frame)
-    race_cols = ", ".join(_RACE_COLS)
-    runner_cols = ", ".join(_RUNNER_COLS)
-    order = "ORDER BY date, race_no NULLS LAST, off_time NULLS LAST, race_id"
-    card_id = races["race_id"].iloc[0]
+
+    def group_aggs(name: str, keys: tuple[str, ...]) -> str:
+        k = ", ".join(keys)
+        return (
+            f"(SELECT * FROM feature_state_ga_{name} SEMI JOIN (SELECT DISTINCT {k} FROM _fx_ga_{name}) USING ({k})"
+            f" WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_ga_{name})"
+        )
+
+    steps = [
+        *base_steps(
+            _CARD_RACES.format(src=names["races"]),
+            _CARD_RUNNERS.format(src=names["runners"]),
+            _CARD_HORSES.format(src=names["horses"], runners=names["runners"]),
+            seq_offset=last_seq,
+            race_aggs=f"(SELECT * FROM feature_state_rta WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_rta)",
+            class_aggs=f"(SELECT * FROM feature_state_cpa WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_cpa)",
+        ),
+        ("_fx_tgt", "SELECT race_id FROM _fx_race"),
+        *_target_steps(
+            group_aggs,
+            f"(SELECT * FROM feature_state_run WHERE {before} AND horse_id IN (SELECT horse_id FROM _fx_run)"
+            " UNION ALL BY NAME SELECT * FROM _fx_run)",
+        ),
+    ]
+    query = "WITH " + ",\n".join(f"{name} AS MATERIALIZED ({sql})" for name, sql in steps) + "\nSELECT * FROM _fx_out"
     try:
-        conn.execute(
-            f"""
-        CREATE OR REPLACE TEMP TABLE {src["races"]} AS
-        WITH allr AS (
-            SELECT {race_cols}, 0 AS is_card FROM races WHERE date <= ? AND race_id <> ?
-            UNION ALL
-            SELECT CAST(race_id AS VARCHAR), CAST(date AS DATE), CAST(track AS VARCHAR), CAST(country AS VARCHAR),
-                   CAST(race_no AS INTEGER), CAST(off_time AS VARCHAR), CAST(distance_m AS INTEGER),
-                   CAST(surface AS VARCHAR), CAST(going AS VARCHAR), CAST(race_class AS VARCHAR),
-                   CAST(rating_band AS VARCHAR), CAST(prize AS DOUBLE), CAST(course_config AS VARCHAR),
-                   CAST(section_distances_m AS INTEGER[]), 1 FROM {names["races"]}
-        ), seq AS (SELECT *, row_number() OVER ({order}) AS s FROM allr)
-        SELECT {race_cols} FROM seq WHERE s <= (SELECT s FROM seq WHERE is_card = 1)
-        """,
-            [cutoff, card_id],
-        )
-        conn.execute(
-            f"""
-        CREATE OR REPLACE TEMP TABLE {src["runners"]} AS
-        SELECT {runner_cols} FROM runners SEMI JOIN {src["races"]} USING (race_id)
-        WHERE race_id <> ?
-        UNION ALL
-        SELECT CAST(race_id AS VARCHAR), CAST(horse_id AS VARCHAR), CAST(horse_name AS VARCHAR),
-               CAST(saddle_no AS INTEGER), CAST(draw AS INTEGER), CAST(jockey_id AS VARCHAR),
-               CAST(trainer_id AS VARCHAR), CAST(age AS INTEGER), CAST(sex AS VARCHAR),
-               CAST(carried_weight_lbs AS DOUBLE), CAST(horse_weight_lbs AS DOUBLE), CAST(rating AS DOUBLE),
-               CAST(gear AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER), CAST(NULL AS DOUBLE),
-               CAST(NULL AS DOUBLE), CAST(NULL AS INTEGER[]), CAST(NULL AS DOUBLE[]), CAST(win_odds AS DOUBLE),
-               CAST(place_odds AS DOUBLE)
-        FROM {names["runners"]}
-        """,
-            [card_id],
-        )
-        conn.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {src["horses"]} AS
-        SELECT horse_id, sire, dam, damsire FROM horses
-        UNION ALL
-        SELECT CAST(horse_id AS VARCHAR), CAST(sire AS VARCHAR), CAST(dam AS VARCHAR), CAST(damsire AS VARCHAR)
-        FROM {names["horses"]} WHERE horse_id NOT IN (SELECT horse_id FROM horses)
-        """)
-        out = _run(
-            conn,
-            src["races"],
-            src["runners"],
-            src["horses"],
-            f"SELECT race_id FROM _fx_race WHERE race_id = '{_sql_str(card_id)}'",
-        )
+        out = conn.execute(query).df()
+    except duckdb.Error as exc:
+        raise FeatureBuildError(f"The race-card features failed: {exc}") from exc
     finally:
         for key in names:
             conn.unregister(names[key])
-            conn.execute(f"DROP TABLE IF EXISTS {src[key]}")
+    out["race_seq"] = out["race_seq"].astype("int64")
+    logger.debug("Race card %s: %d runners in %.1f ms", races["race_id"].iloc[0], len(out),
+                 (time.perf_counter() - started) * 1000)
     return out
 
 
@@ -380,4 +477,11 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in ("race_id", "horse_id", "race_date", "race_seq")]
 
 
-__all__ = ["FeatureBuildError", "build_features", "feature_columns", "feature_version", "features_for_card"]
+__all__ = [
+    "FeatureBuildError",
+    "build_features",
+    "feature_columns",
+    "feature_version",
+    "features_for_card",
+    "refresh_card_state",
+]

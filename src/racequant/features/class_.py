@@ -101,9 +101,10 @@ ROW_EXPRS: tuple[str, ...] = (
     "rating - band_top AS rating_vs_band_top",
 )
 
+FIELD_LISTS: tuple[str, ...] = ("list(rating ORDER BY horse_id) AS l_rating",)
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "rating - avg(rating) OVER fr AS rating_rel_field",
-    "CASE WHEN rating IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY rating DESC NULLS LAST) END"
+    "rating - list_avg(l_rating) AS rating_rel_field",
+    "CASE WHEN rating IS NOT NULL THEN 1 + len(list_filter(l_rating, lambda v: v > rating)) END"
     " AS rating_rank_in_field",
 )

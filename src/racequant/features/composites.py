@@ -46,17 +46,23 @@ SPECS: tuple[FeatureSpec, ...] = (
 )
 
 
-def _z(expr: str) -> str:
+FIELD_LISTS: tuple[str, ...] = ()
+
+
+def _z(expr: str, values: str, sign: str = "") -> str:
+    """z-score of ``expr`` in today's field (``values``: the field's list of the same value, unsigned)."""
+    sd = f"list_stddev_samp({values})"
     return (
-        f"CASE WHEN count({expr}) OVER fr >= 2 AND stddev_samp({expr}) OVER fr > 0 THEN"
-        f" ({expr} - avg({expr}) OVER fr) / stddev_samp({expr}) OVER fr END"
+        f"CASE WHEN list_count({values}) >= 2 AND {sd} > 0 THEN"
+        f" {sign}({expr} - list_avg({values})) / {sd} END"
     )
 
 
 FIELD_EXPRS: tuple[str, ...] = (
-    f"{_z('speed_last_3_avg')} AS speed_z_in_field",
-    f"{_z('rating')} AS class_z_in_field",
-    f"{_z('(-sectional_l200_avg_l5)')} AS sectional_z_in_field",
+    f"{_z('speed_last_3_avg', 'l_speed3')} AS speed_z_in_field",
+    f"{_z('rating', 'l_rating')} AS class_z_in_field",
+    # a faster (smaller) final 200 m is better: the z-score of -l200 is minus the z-score of l200
+    f"{_z('sectional_l200_avg_l5', 'l_l200', '-')} AS sectional_z_in_field",
 )
 
 ROW_EXPRS: tuple[str, ...] = (

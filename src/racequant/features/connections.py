@@ -120,11 +120,14 @@ JOIN_EXPRS: tuple[str, ...] = (
     f"{_rate('draw', 'w_b', 'prior_win')} / prior_win AS draw_bias_index",
 )
 
+FIELD_LISTS: tuple[str, ...] = (
+    "list(jockey_win_rate ORDER BY horse_id) AS l_jockey_wr",
+    "list(trainer_win_rate ORDER BY horse_id) AS l_trainer_wr",
+)
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "CASE WHEN jockey_win_rate IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY jockey_win_rate DESC NULLS LAST)"
+    "CASE WHEN jockey_win_rate IS NOT NULL THEN 1 + len(list_filter(l_jockey_wr, lambda v: v > jockey_win_rate))"
     " END AS jockey_win_rate_rank_in_field",
-    "CASE WHEN trainer_win_rate IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY trainer_win_rate DESC"
-    " NULLS LAST) END AS trainer_win_rate_rank_in_field",
+    "CASE WHEN trainer_win_rate IS NOT NULL THEN 1 + len(list_filter(l_trainer_wr, lambda v: v > trainer_win_rate))"
+    " END AS trainer_win_rate_rank_in_field",
 )

@@ -115,12 +115,20 @@ ROW_EXPRS: tuple[str, ...] = (
     "CASE WHEN runs_count = 0 THEN 1.0 ELSE 0.0 END AS first_start",
 )
 
+FIELD_LISTS: tuple[str, ...] = (
+    "list(carried_weight_lbs ORDER BY horse_id) AS l_carried",
+    "list(place_rate_l5 ORDER BY horse_id) AS l_place5",
+    "list(horse_id ORDER BY horse_id) AS l_horse",
+)
+
+# rivals: today's field without the runner itself (l_horse is aligned with the other lists)
+_RIVALS_SPEED = "list_filter(l_speed3, lambda v, i: l_horse[i] <> horse_id)"
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "carried_weight_lbs - avg(carried_weight_lbs) OVER fr AS carried_weight_rel_field",
-    "avg(speed_last_3_avg) OVER frx AS field_speed_mean_rivals",
-    "max(speed_last_3_avg) OVER frx AS field_speed_max_rivals",
-    "avg(rating) OVER fr AS field_rating_mean",
-    "CASE WHEN place_rate_l5 IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY place_rate_l5 DESC NULLS LAST)"
-    " END AS place_rate_l5_rank_in_field",
+    "carried_weight_lbs - list_avg(l_carried) AS carried_weight_rel_field",
+    f"list_avg({_RIVALS_SPEED}) AS field_speed_mean_rivals",
+    f"list_max({_RIVALS_SPEED}) AS field_speed_max_rivals",
+    "list_avg(l_rating) AS field_rating_mean",
+    "CASE WHEN place_rate_l5 IS NOT NULL THEN 1 + len(list_filter(l_place5, lambda v: v > place_rate_l5)) END"
+    " AS place_rate_l5_rank_in_field",
 )

@@ -18,10 +18,11 @@ SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec("market_rank", "market", "Rank of the runner in the market (1 = favourite).", ("win_odds",)),
 )
 
+FIELD_LISTS: tuple[str, ...] = ("list(CASE WHEN win_odds > 0 THEN win_odds END ORDER BY horse_id) AS l_odds",)
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "CASE WHEN win_odds > 0 THEN (1.0 / win_odds) / sum(CASE WHEN win_odds > 0 THEN 1.0 / win_odds END) OVER fr END"
+    "CASE WHEN win_odds > 0 THEN (1.0 / win_odds) / list_sum(list_transform(l_odds, lambda v: 1.0 / v)) END"
     " AS market_prob",
-    "sum(CASE WHEN win_odds > 0 THEN 1.0 / win_odds END) OVER fr AS market_overround",
-    "CASE WHEN win_odds > 0 THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY win_odds ASC NULLS LAST) END AS market_rank",
+    "list_sum(list_transform(l_odds, lambda v: 1.0 / v)) AS market_overround",
+    "CASE WHEN win_odds > 0 THEN 1 + len(list_filter(l_odds, lambda v: v < win_odds)) END AS market_rank",
 )

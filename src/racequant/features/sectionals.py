@@ -116,10 +116,14 @@ ROW_EXPRS: tuple[str, ...] = (
     " AS running_style",
 )
 
+FIELD_LISTS: tuple[str, ...] = (
+    "list(sectional_l200_avg_l5 ORDER BY horse_id) AS l_l200",
+    "list(running_style_code ORDER BY horse_id) AS l_style",
+)
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "CASE WHEN sectional_l200_avg_l5 IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY sectional_l200_avg_l5"
-    " ASC NULLS LAST) END AS sectional_l200_rank_in_field",
-    "count(*) FILTER (WHERE running_style_code = 1) OVER fr AS field_leaders_count",
-    "count(*) FILTER (WHERE running_style_code <= 2) OVER fr AS field_on_pace_count",
+    "CASE WHEN sectional_l200_avg_l5 IS NOT NULL"
+    " THEN 1 + len(list_filter(l_l200, lambda v: v < sectional_l200_avg_l5)) END AS sectional_l200_rank_in_field",
+    "len(list_filter(l_style, lambda v: v = 1)) AS field_leaders_count",
+    "len(list_filter(l_style, lambda v: v <= 2)) AS field_on_pace_count",
 )

@@ -76,14 +76,18 @@ HORSE_EXPRS: tuple[str, ...] = (
 # Computed after the horse stage, on today's row.
 ROW_EXPRS: tuple[str, ...] = ("speed_last - speed_career_avg AS speed_last_vs_career",)
 
-# Computed across today's field (window fr = the race, ordered by horse_id for exact sums).
+# Computed across today's field: one list per race of each value, ordered by horse_id (build.py), so sums
+# over the field have a fixed order; a rank is 1 + the number of rivals with a better value (ties share it).
+FIELD_LISTS: tuple[str, ...] = (
+    "list(speed_last_3_avg ORDER BY horse_id) AS l_speed3",
+    "list(speed_best_l5 ORDER BY horse_id) AS l_best5",
+)
+
 FIELD_EXPRS: tuple[str, ...] = (
-    "CASE WHEN speed_last_3_avg IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY speed_last_3_avg DESC NULLS LAST) END"
+    "CASE WHEN speed_last_3_avg IS NOT NULL THEN 1 + len(list_filter(l_speed3, lambda v: v > speed_last_3_avg)) END"
     " AS speed_l3_rank_in_field",
-    "speed_last_3_avg - avg(speed_last_3_avg) OVER fr AS speed_l3_vs_field",
-    "CASE WHEN speed_best_l5 IS NOT NULL THEN rank() OVER (PARTITION BY race_id"
-    " ORDER BY speed_best_l5 DESC NULLS LAST) END"
+    "speed_last_3_avg - list_avg(l_speed3) AS speed_l3_vs_field",
+    "CASE WHEN speed_best_l5 IS NOT NULL THEN 1 + len(list_filter(l_best5, lambda v: v > speed_best_l5)) END"
     " AS speed_best_l5_rank_in_field",
-    "speed_best_l5 - max(speed_best_l5) OVER fr AS speed_best_l5_gap_to_top",
+    "speed_best_l5 - list_max(l_best5) AS speed_best_l5_gap_to_top",
 )

@@ -103,3 +103,53 @@ def export_features(conn: duckdb.DuckDBPyConnection, out_path: Path | str) -> in
     target = str(path).replace("'", "''")
     conn.execute(f"COPY (SELECT * FROM features ORDER BY race_seq, horse_id) TO '{target}' (FORMAT {fmt})")
     return int(conn.execute("SELECT count(*) FROM features").fetchone()[0])  # type: ignore[index]
+
+
+# The running state race cards start from (features.build.refresh_card_state): copies of the bulk build's
+# base relations and group totals, named feature_state_<name>, with the warehouse fingerprint they match.
+
+
+def warehouse_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
+    """A cheap marker of the warehouse contents: row counts and the last import (every load is logged)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM races), (SELECT count(*) FROM runners), (SELECT count(*) FROM horses), "
+        "(SELECT count(*) FROM import_log), (SELECT max(import_id) FROM import_log)"
+    ).fetchall()[0]
+    return ":".join(str(v) for v in row)
+
+
+def card_state_fingerprint(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The fingerprint the stored race-card state was built for, or None if there is none."""
+    try:
+        rows = conn.execute("SELECT fingerprint FROM feature_state_meta").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return str(rows[0][0]) if rows else None
+
+
+def save_card_state(
+    conn: duckdb.DuckDBPyConnection, sources: dict[str, str], *, fingerprint: str, version: str
+) -> None:
+    """Copy each source relation to feature_state_<name>, in one transaction; temp tables if read-only."""
+    kind = "TEMP TABLE" if _read_only(conn) else "TABLE"
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name, source in sources.items():
+            conn.execute(f"CREATE OR REPLACE {kind} feature_state_{name} AS SELECT * FROM {source}")
+        conn.execute(
+            f"CREATE OR REPLACE {kind} feature_state_meta AS "
+            "SELECT ?::VARCHAR AS fingerprint, ?::VARCHAR AS feature_version, now()::TIMESTAMP AS built_at",
+            [fingerprint, version],
+        )
+        conn.execute("COMMIT")
+    except duckdb.Error as exc:
+        conn.execute("ROLLBACK")
+        raise WarehouseError(f"Storing the race-card state failed: {exc}") from exc
+    logger.info("Stored the race-card state (%d relations, %s)", len(sources), kind.lower())
+
+
+def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
+    rows = conn.execute(
+        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchall()
+    return bool(rows and rows[0][0])
