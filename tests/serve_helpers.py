@@ -118,7 +118,8 @@ class FixturePredictor:
             out.append({
                 "race_id": card["race"]["race_id"], "horse_id": r["horse_id"], "horse_name": r.get("horse_name"),
                 "win_prob_base": p, "place_prob_base": min(1.0, 3 * p), "win_prob_lower": p * 0.8,
-                "win_prob_upper": p * 1.2, "place_prob_lower": min(1.0, 2.5 * p), "place_prob_upper": min(1.0, 3.5 * p),
+                "win_prob_upper": min(1.0, p * 1.2), "place_prob_lower": min(1.0, 2.5 * p),
+                "place_prob_upper": min(1.0, 3.5 * p),
                 "catboost_win": p, "lightgbm_win": p, "xgboost_win": p,
                 "top_features": [{"feature": "rating", "importance": 0.1}],
                 "speed_rating": 80.0, "class_rating": None, "sectional_l200": float("nan"),

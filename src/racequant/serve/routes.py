@@ -8,7 +8,7 @@ import logging
 import math
 import time
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -40,6 +40,7 @@ from racequant.serve.schemas import (
     PredictionResponse,
     RaceClass,
     RaceRequest,
+    RacingDate,
     ResultsRequest,
     ResultsResponse,
     ShortText,
@@ -186,7 +187,7 @@ async def features(
     horse_id: Identifier,
     service: ServiceDep,
     race_id: Annotated[Identifier | None, Query(description="A race in the warehouse.")] = None,
-    date_: Annotated[date | None, Query(alias="date", description="Race context: the race date.")] = None,
+    date_: Annotated[RacingDate | None, Query(alias="date", description="Race context: the race date.")] = None,
     track: Annotated[ShortText | None, Query()] = None,
     distance_m: Annotated[int | None, Query(ge=800, le=5000)] = None,
     surface: Annotated[Surface | None, Query()] = None,
@@ -256,7 +257,7 @@ async def record_results(body: ResultsRequest, service: ServiceDep, api_key: Api
 @router.get("/api/v1/monitoring/metrics", tags=["monitoring"])
 async def monitoring_metrics(
     service: ServiceDep,
-    day: Annotated[date | None, Query(alias="date", description="UTC day (default today).")] = None,
+    day: Annotated[RacingDate | None, Query(alias="date", description="UTC day (default today).")] = None,
 ) -> dict[str, Any]:
     """The day's metrics of the served predictions: n, win and place AUC, Brier, ECE, mean latency."""
     day = day or datetime.now(UTC).date()
@@ -266,7 +267,7 @@ async def monitoring_metrics(
 @router.get("/api/v1/monitoring/drift", tags=["monitoring"])
 async def monitoring_drift(
     service: ServiceDep,
-    as_of: Annotated[date | None, Query(description="Last day of the recent window (default today, UTC).")] = None,
+    as_of: Annotated[RacingDate | None, Query(description="Last day of the recent window (default today).")] = None,
     recent_days: Annotated[int | None, Query(ge=1, le=365)] = None,
 ) -> dict[str, Any]:
     """Performance, feature (PSI) and interval-coverage drift of the served predictions."""
@@ -285,7 +286,7 @@ async def monitoring_drift(
 async def logged_predictions(
     service: ServiceDep,
     race_id: Annotated[Identifier | None, Query()] = None,
-    day: Annotated[date | None, Query(alias="date", description="UTC day the predictions were served.")] = None,
+    day: Annotated[RacingDate | None, Query(alias="date", description="UTC day the predictions were served.")] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[dict[str, Any]]:
     """The prediction log (newest first), for the dashboard and audits."""

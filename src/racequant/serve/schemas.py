@@ -14,10 +14,11 @@ MAX_RUNNERS = 24
 MAX_PAST_RUNS = 50
 MAX_RESULTS = 40  # a result may list withdrawn runners beside the starters
 
-Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
-                                              pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]
+# no leading or trailing blanks, so that what the schema admits is what the API accepts
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=80, pattern=r"^\S(?:.*\S)?$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+RacingDate = Annotated[date, Field(ge=date(1900, 1, 1), le=date(2199, 12, 31))]
 Going = Literal[GOINGS]  # type: ignore[valid-type]
 RaceClass = Literal[RACE_CLASSES]  # type: ignore[valid-type]
 Sex = Literal[SEXES]  # type: ignore[valid-type]
@@ -35,7 +36,7 @@ class RaceInfo(_Strict):
     """The race being quantified."""
 
     race_id: Identifier
-    date: date
+    date: RacingDate
     track: ShortText
     country: Annotated[str, StringConstraints(min_length=2, max_length=3)] = "HK"
     race_no: Annotated[int, Field(ge=1, le=20)] | None = None
@@ -53,7 +54,7 @@ class PastRun(_Strict):
     """One earlier run of a horse, as the client knows it (the warehouse's own history is used first)."""
 
     race_id: Identifier | None = None
-    date: date
+    date: RacingDate
     track: ShortText | None = None
     distance_m: Annotated[int, Field(ge=800, le=5000)] | None = None
     surface: Surface | None = None
@@ -171,8 +172,8 @@ class ResultsRequest(_Strict):
 class BacktestRequest(_Strict):
     """A walk-forward backtest between two dates."""
 
-    start: date
-    end: date
+    start: RacingDate
+    end: RacingDate
     train_window_days: Annotated[int, Field(ge=1, le=7300)] = 365
     test_window_days: Annotated[int, Field(ge=1, le=3650)] = 30
     retrain_every_days: Annotated[int, Field(ge=1, le=3650)] = 30

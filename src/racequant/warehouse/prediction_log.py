@@ -378,4 +378,9 @@ def list_predictions(
         f"SELECT {', '.join(cols)} FROM scored_predictions{where} ORDER BY timestamp DESC, prediction_id LIMIT ?",
         [*params, limit],
     ).fetchall()
-    return [dict(zip(cols, row, strict=True)) for row in rows]
+    out = [dict(zip(cols, row, strict=True)) for row in rows]
+    for row in out:  # the log keeps naive UTC; say so
+        for col in ("timestamp", "outcome_at"):
+            if row[col] is not None:
+                row[col] = row[col].replace(tzinfo=UTC)
+    return out
