@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from racequant.models.card import RaceCard
 from racequant.serve.predictor import SIX_MODELS
 
 API_KEY = "test-key-0123456789"
@@ -106,36 +106,38 @@ class FixturePredictor:
     def __init__(self, fail: Exception | None = None) -> None:
         self.fail = fail
 
-    def predict(self, card: Mapping[str, Any], as_of: datetime | None) -> list[dict[str, Any]]:
+    def predict(self, card: RaceCard, as_of: datetime | None) -> list[dict[str, Any]]:
         if self.fail is not None:
             raise self.fail
-        runners = [r for r in card["runners"] if r.get("status") != "withdrawn"]
-        weights = [1.0 + (r.get("rating") or 50.0) / 50.0 for r in runners]
+        runners = card.declared()
+        weights = [1.0 + (r.rating or 50.0) / 50.0 for r in runners]
         total = sum(weights)
         out = []
         for r, w in zip(runners, weights, strict=True):
             p = w / total
             out.append({
-                "race_id": card["race"]["race_id"], "horse_id": r["horse_id"], "horse_name": r.get("horse_name"),
+                "race_id": card.race_id, "horse_id": r.horse_id, "horse_name": r.horse_name,
                 "win_prob_base": p, "place_prob_base": min(1.0, 3 * p), "win_prob_lower": p * 0.8,
                 "win_prob_upper": min(1.0, p * 1.2), "place_prob_lower": min(1.0, 2.5 * p),
                 "place_prob_upper": min(1.0, 3.5 * p),
                 "catboost_win": p, "lightgbm_win": p, "xgboost_win": p,
                 "top_features": [{"feature": "rating", "importance": 0.1}],
                 "speed_rating": 80.0, "class_rating": None, "sectional_l200": float("nan"),
-                "quant_triple_scenario": "mixed", "calibration_group": card["race"]["track"],
+                "quant_triple_scenario": "mixed", "calibration_group": card.track,
                 "prediction_timestamp": datetime.now(UTC),
-                "_features": {"rating": r.get("rating"), "draw": r.get("draw")},
+                "_features": {"rating": r.rating, "draw": r.draw},
             })
         return out
 
 
 def race_body(race_id: str = "R1", n: int = 14, **race: Any) -> dict[str, Any]:
+    """A race request in the seed's form (race fields beside ``horses``)."""
     return {
-        "race": {"race_id": race_id, "date": "2024-03-03", "track": "ST", "distance_m": 1200, "surface": "turf",
-                 "going": "GOOD", "race_class": "4", **race},
-        "runners": [{"horse_id": f"{race_id}-H{i}", "horse_name": f"Horse {i}", "draw": i + 1, "rating": 40.0 + i,
-                     "win_odds": 3.0 + i} for i in range(n)],
+        "race_id": race_id, "date": "2024-03-03", "track": "ST", "distance": 1200, "surface": "turf",
+        "going": "GOOD", "race_class": "4", **race,
+        "horses": [{"horse_id": f"{race_id}-H{i}", "horse_name": f"Horse {i}", "draw": (i % 24) + 1,
+                    "weight": 120.0, "jockey": f"J{i}", "trainer": f"T{i % 5}", "rating": 40.0 + i,
+                    "win_odds": 3.0 + i} for i in range(n)],
     }
 
 

@@ -87,7 +87,7 @@ def test_quantify_answers_every_runner_in_the_output_schema_and_logs_them(client
 
 def test_withdrawn_runners_get_no_prediction(client: httpx.Client) -> None:
     body = race_body("Q2", 8)
-    body["runners"][0]["status"] = "withdrawn"
+    body["horses"][0]["status"] = "withdrawn"
     r = client.post("/api/v1/quantify", json=body)
     assert r.status_code == 200 and r.json()["metadata"]["n_horses"] == 7
 
@@ -95,16 +95,20 @@ def test_withdrawn_runners_get_no_prediction(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda b: b["race"].pop("distance_m"), "race.distance_m"),
-        (lambda b: b["race"].update(surface="sand"), "race.surface"),
-        (lambda b: b["race"].update(date="2024-13-01"), "race.date"),
-        (lambda b: b["runners"][2].update(draw=0), "runners.2.draw"),
-        (lambda b: b["runners"][1].update(horse_id=b["runners"][0]["horse_id"]), "runners.1.horse_id"),
-        (lambda b: b["runners"][0].update(colour="bay"), "runners.0.colour"),
-        (lambda b: b.update(runners=b["runners"] * 2), "runners"),
-        (lambda b: b.update(runners=[]), "runners"),
-        (lambda b: b["runners"][0].update(past_runs=[{"date": "2023-01-01"}] * 4), "runners.0.past_runs"),
-        (lambda b: b["runners"][0].update(past_runs=[{"date": "2023-01-01"}] * 51), "runners.0.past_runs"),
+        (lambda b: b.pop("distance"), "distance"),
+        (lambda b: b.update(surface="sand"), "surface"),
+        (lambda b: b.update(date="2024-13-01"), "date"),
+        (lambda b: b.update(date="0001-01-01"), "date"),
+        (lambda b: b["horses"][2].update(draw=0), "horses.2.draw"),
+        (lambda b: b["horses"][3].pop("jockey"), "horses.3.jockey"),
+        (lambda b: b["horses"][1].update(horse_id=b["horses"][0]["horse_id"]), "horses.1.horse_id"),
+        (lambda b: b["horses"][4].update(draw=1), "horses.4.draw"),
+        (lambda b: b["horses"][0].update(colour="bay"), "horses.0.colour"),
+        (lambda b: b.update(horses=b["horses"] * 2), "horses"),
+        (lambda b: b.update(horses=[]), "horses"),
+        (lambda b: b["horses"][0].update(past_runs=[{"date": "2023-01-01"}] * 4), "horses.0.past_runs"),
+        (lambda b: b["horses"][0].update(past_runs=[{"date": "2023-01-01"}] * 51), "horses.0.past_runs"),
+        (lambda b: b["horses"][0].update(past_runs=[{"date": "2024-03-03"}]), "horses.0.past_runs.0.date"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(client: httpx.Client, change: Any, field: str) -> None:
@@ -125,7 +129,7 @@ def test_a_body_that_is_not_json_is_a_422_and_a_huge_one_a_413(client: httpx.Cli
 
 def test_24_runners_pass_and_25_do_not(client: httpx.Client) -> None:
     assert client.post("/api/v1/quantify", json=race_body("Q24", 24)).status_code == 200
-    assert "runners" in fields(client.post("/api/v1/quantify", json=race_body("Q25", 25)))
+    assert "horses" in fields(client.post("/api/v1/quantify", json=race_body("Q25", 25)))
 
 
 @pytest.mark.parametrize(
@@ -213,7 +217,7 @@ def test_a_backtest_job_runs_in_the_background_and_reports_its_metrics(client: h
 
 def test_fuse_gives_fused_probabilities_and_422_for_a_horse_without_record(client: httpx.Client) -> None:
     body = race_body("FU", 3)
-    horses = [r["horse_id"] for r in body["runners"]]
+    horses = [r["horse_id"] for r in body["horses"]]
     r = client.post("/api/v1/fuse", json={**body, "qualitative": qualitative("FU", horses)}, headers=KEY)
     assert r.status_code == 200, r.text
     fused = {f["horse_id"]: f for f in r.json()["fused"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,11 +56,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from racequant.serve import components
 
-        loaded = predictor if predictor is not None else components.load_predictor(settings)
+        resources = ExitStack()
+        loaded = predictor if predictor is not None else components.load_predictor(settings, resources)
         writer = LogWriter(settings.predlog_path()).start()
+        resources.callback(writer.close)
         runner = components.default_backtest_runner(settings) if backtest_runner is _DEFAULT else backtest_runner
         jobs = BacktestJobs(runner)
-        lookup = components.default_feature_lookup(settings) if feature_lookup is _DEFAULT else feature_lookup
+        resources.callback(jobs.close)
+        lookup = (components.default_feature_lookup(settings, loaded) if feature_lookup is _DEFAULT
+                  else feature_lookup)
         reference = (components.reference_features(loaded, settings) if reference_features is _DEFAULT
                      else reference_features)
         metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
@@ -68,11 +72,8 @@ def create_app(
                                     fuser=fuser or _default_fuser(), feature_lookup=lookup,
                                     reference_features=reference, loaded_at=datetime.now(UTC))
         logger.info("API ready: model %s, prediction log %s", loaded.model_version, settings.predlog_path())
-        try:
+        with resources:  # closes the jobs, then the log writer, then the warehouse connection
             yield
-        finally:
-            jobs.close()
-            writer.close()
 
     app = FastAPI(title="racequant", version=API_VERSION, lifespan=lifespan,
                   description="Calibrated win and place probabilities of horse races, beside the market.")

@@ -15,8 +15,14 @@ from racequant.errors import RacequantError
 
 logger = logging.getLogger(__name__)
 
-# a model-level check names its field first: "runners.3.horse_id: horse 'H1' is listed twice"
-_FIELD_FIRST = re.compile(r"^(?:Value error, )?([A-Za-z_][\w]*(?:\.[\w]+)*): (.+)$", re.S)
+# a model-level check names its field first: "horses[3].horse_id: horse 'H1' is also horses[0]" (several are
+# joined by "; ")
+_FIELD_FIRST = re.compile(r"^([A-Za-z_]\w*(?:(?:\.\w+)|(?:\[\d+\]))*): (.+)$", re.S)
+_PROBLEM_START = re.compile(r"; (?=[A-Za-z_]\w*(?:(?:\.\w+)|(?:\[\d+\]))*: )")
+
+
+def _dotted(field: str) -> str:
+    return re.sub(r"\[(\d+)\]", r".\1", field)
 
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-~]+){2,}[\\/]?")
@@ -47,16 +53,16 @@ def validation_detail(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for err in errors:
         loc = list(err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
-        field = _field(loc)
-        match = _FIELD_FIRST.match(msg)
-        if match:
-            inner, msg = match.group(1), match.group(2)
-            field = f"{field}.{inner}" if field else inner
-        elif msg.startswith("Value error, "):
-            msg = msg.removeprefix("Value error, ")
-        out.append({"loc": loc, "msg": f"{field or 'body'}: {msg}", "type": str(err.get("type", "value_error")),
-                    "field": field or "body"})
+        base = _field(loc)
+        kind = str(err.get("type", "value_error"))
+        text = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        for part in _PROBLEM_START.split(text) if kind == "value_error" else [text]:
+            field, msg = base, part
+            match = _FIELD_FIRST.match(part)
+            if match and kind == "value_error":
+                inner, msg = _dotted(match.group(1)), match.group(2)
+                field = f"{base}.{inner}" if base else inner
+            out.append({"loc": loc, "msg": f"{field or 'body'}: {msg}", "type": kind, "field": field or "body"})
     return out
 
 

@@ -9,12 +9,12 @@ values), which the API logs for feature-drift monitoring and strips from the res
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from racequant.models.card import RaceCard
 from racequant.models.place import harville_place_probabilities
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Predictor(Protocol):
     feature_count: int
     models_loaded: dict[str, bool]
 
-    def predict(self, card: Mapping[str, Any], as_of: datetime | None) -> list[dict[str, Any]]: ...
+    def predict(self, card: RaceCard, as_of: datetime | None) -> list[dict[str, Any]]: ...
 
 
 class MarketPredictor:
@@ -46,10 +46,9 @@ class MarketPredictor:
     feature_count = 0
     models_loaded = dict.fromkeys(SIX_MODELS, False)
 
-    def predict(self, card: Mapping[str, Any], as_of: datetime | None) -> list[dict[str, Any]]:
-        race = card["race"]
-        runners = [r for r in card["runners"] if r.get("status") != "withdrawn"]
-        odds = np.array([r.get("win_odds") or np.nan for r in runners], dtype=float)
+    def predict(self, card: RaceCard, as_of: datetime | None) -> list[dict[str, Any]]:
+        runners = card.declared()
+        odds = np.array([r.win_odds or np.nan for r in runners], dtype=float)
         q = np.where(np.isfinite(odds), 1.0 / odds, np.nan)
         if np.isnan(q).all():
             q = np.ones(len(runners))
@@ -59,9 +58,9 @@ class MarketPredictor:
         now = datetime.now(UTC)
         return [
             {
-                "race_id": race["race_id"],
-                "horse_id": r["horse_id"],
-                "horse_name": r.get("horse_name"),
+                "race_id": card.race_id,
+                "horse_id": r.horse_id,
+                "horse_name": r.horse_name,
                 "win_prob_base": float(pw),
                 "place_prob_base": float(pp),
                 "win_prob_lower": float(pw * 0.8),
@@ -71,7 +70,7 @@ class MarketPredictor:
                 "top_features": [],
                 "model_version": self.model_version,
                 "feature_version": self.feature_version,
-                "calibration_group": race.get("track"),
+                "calibration_group": card.track,
                 "prediction_timestamp": now,
             }
             for r, pw, pp in zip(runners, p, place, strict=True)

@@ -71,11 +71,11 @@ class _Unprocessable(RacequantError):
 
 def _check_limits(body: RaceRequest, service: Service) -> None:
     settings = service.settings
-    if len(body.runners) > settings.max_runners:
-        raise _Unprocessable("runners", f"at most {settings.max_runners} runners per race, got {len(body.runners)}")
-    for i, runner in enumerate(body.runners):
+    if len(body.horses) > settings.max_runners:
+        raise _Unprocessable("horses", f"at most {settings.max_runners} runners per race, got {len(body.horses)}")
+    for i, runner in enumerate(body.horses):
         if len(runner.past_runs) > settings.max_past_runs:
-            raise _Unprocessable(f"runners.{i}.past_runs",
+            raise _Unprocessable(f"horses.{i}.past_runs",
                                  f"at most {settings.max_past_runs} past runs per horse, got {len(runner.past_runs)}")
 
 
@@ -88,7 +88,7 @@ def _finite_or_none(value: Any) -> Any:
 async def _predict(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
     """Run the predictor on the card (in a worker thread); the records and each runner's feature values."""
     _check_limits(body, service)
-    raw = await run_in_threadpool(service.predictor.predict, body.card(), body.as_of)
+    raw = await run_in_threadpool(service.predictor.predict, body, body.as_of)
     records, features = [], []
     for row in raw:
         row = dict(row)
@@ -118,7 +118,7 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> PredictionResponse
     rows = [
         {
             "prediction_id": pid, "request_id": request_id, "race_id": r.race_id, "horse_id": r.horse_id,
-            "timestamp": now, "race_date": body.race.date, "win_prob": r.win_prob_base,
+            "timestamp": now, "race_date": body.date, "win_prob": r.win_prob_base,
             "place_prob": r.place_prob_base, "win_prob_lower": r.win_prob_lower, "win_prob_upper": r.win_prob_upper,
             "place_prob_lower": r.place_prob_lower, "place_prob_upper": r.place_prob_upper,
             "model_version": r.model_version, "feature_version": r.feature_version,
@@ -137,7 +137,7 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> PredictionResponse
     service.metrics.log_write.observe(time.perf_counter() - waited)
     service.metrics.predictions.labels(service.predictor.model_version).inc(len(records))
     return PredictionResponse(
-        race_id=body.race.race_id,
+        race_id=body.race_id,
         predictions=records,
         metadata=PredictionMetadata(model_version=service.predictor.model_version,
                                     feature_version=service.predictor.feature_version, n_horses=len(records),
@@ -174,7 +174,7 @@ async def fuse(body: FuseRequest, service: ServiceDep, api_key: ApiKey) -> FuseR
         raise ServiceUnavailableError("The qualitative submission could not be stored; nothing was fused.") from exc
     keep = set(FusedRunner.model_fields)
     return FuseResponse(
-        race_id=body.race.race_id,
+        race_id=body.race_id,
         fused=[{k: v for k, v in row.items() if k in keep} for row in fused],  # type: ignore[misc]
         metadata={"model_version": service.predictor.model_version, "fusion_mode": "product",
                   "n_horses": len(fused)},

@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from racequant.fusion.schema import QualitativeRecord
-from racequant.ingest.schema import GOINGS, RACE_CLASSES, SEXES
+from racequant.ingest.schema import GOINGS, RACE_CLASSES
+from racequant.models.card import MAX_RUNNERS, RaceCard
 
-MAX_RUNNERS = 24
-MAX_PAST_RUNS = 50
 MAX_RESULTS = 40  # a result may list withdrawn runners beside the starters
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")]
@@ -21,7 +20,6 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 RacingDate = Annotated[date, Field(ge=date(1900, 1, 1), le=date(2199, 12, 31))]
 Going = Literal[GOINGS]  # type: ignore[valid-type]
 RaceClass = Literal[RACE_CLASSES]  # type: ignore[valid-type]
-Sex = Literal[SEXES]  # type: ignore[valid-type]
 Surface = Literal["turf", "dirt", "all_weather"]
 
 
@@ -32,64 +30,6 @@ class _Strict(BaseModel):
 # ------------------------------------------------------------------------------------------------- requests
 
 
-class RaceInfo(_Strict):
-    """The race being quantified."""
-
-    race_id: Identifier
-    date: RacingDate
-    track: ShortText
-    country: Annotated[str, StringConstraints(min_length=2, max_length=3)] = "HK"
-    race_no: Annotated[int, Field(ge=1, le=20)] | None = None
-    off_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
-    distance_m: Annotated[int, Field(ge=800, le=5000)]
-    surface: Surface
-    going: Going | None = None
-    race_class: RaceClass | None = None
-    rating_band: Annotated[str, StringConstraints(max_length=20)] | None = None
-    prize: Annotated[float, Field(ge=0, le=1e9)] | None = None
-    course_config: Annotated[str, StringConstraints(max_length=20)] | None = None
-
-
-class PastRun(_Strict):
-    """One earlier run of a horse, as the client knows it (the warehouse's own history is used first)."""
-
-    race_id: Identifier | None = None
-    date: RacingDate
-    track: ShortText | None = None
-    distance_m: Annotated[int, Field(ge=800, le=5000)] | None = None
-    surface: Surface | None = None
-    going: Going | None = None
-    finish_position: Annotated[int, Field(ge=1, le=MAX_RUNNERS)] | None = None
-    field_size: Annotated[int, Field(ge=1, le=MAX_RUNNERS)] | None = None
-    margin_lengths: Annotated[float, Field(ge=0, le=200)] | None = None
-    finish_time_s: Annotated[float, Field(gt=0, le=600)] | None = None
-    win_odds: Annotated[float, Field(gt=1, le=10000)] | None = None
-
-
-class Runner(_Strict):
-    """One declared runner of the race card."""
-
-    horse_id: Identifier
-    horse_name: ShortText | None = None
-    saddle_no: Annotated[int, Field(ge=1, le=MAX_RUNNERS)] | None = None
-    draw: Annotated[int, Field(ge=1, le=MAX_RUNNERS)] | None = None
-    jockey_id: Identifier | None = None
-    trainer_id: Identifier | None = None
-    age: Annotated[int, Field(ge=1, le=20)] | None = None
-    sex: Sex | None = None
-    carried_weight_lbs: Annotated[float, Field(ge=80, le=200)] | None = None
-    horse_weight_lbs: Annotated[float, Field(ge=600, le=2000)] | None = None
-    rating: Annotated[float, Field(ge=0, le=200)] | None = None
-    gear: Annotated[str, StringConstraints(max_length=40)] | None = None
-    win_odds: Annotated[float, Field(gt=1, le=10000)] | None = None
-    place_odds: Annotated[float, Field(gt=1, le=10000)] | None = None
-    status: Literal["declared", "withdrawn"] = "declared"
-    sire: ShortText | None = None
-    dam: ShortText | None = None
-    damsire: ShortText | None = None
-    past_runs: Annotated[list[PastRun], Field(max_length=MAX_PAST_RUNS)] = []
-
-
 def _unique_horses(runners: list[Any], what: str) -> None:
     seen: set[str] = set()
     for i, runner in enumerate(runners):
@@ -98,48 +38,37 @@ def _unique_horses(runners: list[Any], what: str) -> None:
         seen.add(runner.horse_id)
 
 
-class RaceRequest(_Strict):
-    """A race card to quantify: the race, its runners (at most 24) and the moment the prediction is made."""
+class RaceRequest(RaceCard):
+    """The seed's race request: a race card (race fields, ``horses`` with their declarations and optional
+    ``past_runs``; see ``racequant.models.card``) and the moment the prediction is made."""
 
-    race: RaceInfo
-    runners: Annotated[list[Runner], Field(min_length=1, max_length=MAX_RUNNERS)]
+    date: RacingDate  # type: ignore[assignment]
     as_of: datetime | None = Field(
-        default=None, description="Only history known at this moment is used (default: the race date)."
+        default=None, description="Only history known at this moment is used (default: the race's off time)."
     )
 
-    @model_validator(mode="after")
-    def _check_runners(self) -> RaceRequest:
-        _unique_horses(self.runners, "runners")
-        if all(r.status == "withdrawn" for r in self.runners):
-            raise ValueError("runners: every runner is withdrawn")
-        return self
 
-    def card(self) -> dict[str, Any]:
-        """The race card the predictor takes: {race, runners, horses}."""
-        race = self.race.model_dump()
-        runners = [r.model_dump(exclude={"sire", "dam", "damsire"}) for r in self.runners]
-        horses = [{"horse_id": r.horse_id, "sire": r.sire, "dam": r.dam, "damsire": r.damsire}
-                  for r in self.runners if r.sire or r.dam or r.damsire]
-        return {"race": race, "runners": runners, "horses": horses}
+def _check_qualitative(card: RaceRequest, qualitative: list[QualitativeRecord]) -> None:
+    runners = {h.horse_id for h in card.horses}
+    seen: set[str] = set()
+    for i, record in enumerate(qualitative):
+        if record.race_id != card.race_id:
+            raise ValueError(f"qualitative.{i}.race_id: expected race {card.race_id}, got {record.race_id}")
+        if record.horse_id not in runners:
+            raise ValueError(f"qualitative.{i}.horse_id: horse {record.horse_id!r} is not a runner of the race")
+        if record.horse_id in seen:
+            raise ValueError(f"qualitative.{i}.horse_id: horse {record.horse_id!r} is listed twice")
+        seen.add(record.horse_id)
 
 
 class FuseRequest(RaceRequest):
-    """A race card and the qualitative records (likelihood ratios) of its runners."""
+    """A race card and the qualitative records (likelihood ratios) of its declared runners."""
 
     qualitative: Annotated[list[QualitativeRecord], Field(min_length=1, max_length=MAX_RUNNERS)]
 
     @model_validator(mode="after")
-    def _check_qualitative(self) -> FuseRequest:
-        runners = {r.horse_id for r in self.runners}
-        seen: set[str] = set()
-        for i, record in enumerate(self.qualitative):
-            if record.race_id != self.race.race_id:
-                raise ValueError(f"qualitative.{i}.race_id: expected race {self.race.race_id}, got {record.race_id}")
-            if record.horse_id not in runners:
-                raise ValueError(f"qualitative.{i}.horse_id: horse {record.horse_id!r} is not a runner of the race")
-            if record.horse_id in seen:
-                raise ValueError(f"qualitative.{i}.horse_id: horse {record.horse_id!r} is listed twice")
-            seen.add(record.horse_id)
+    def _qualitative_fits_the_card(self) -> FuseRequest:
+        _check_qualitative(self, self.qualitative)
         return self
 
 
