@@ -237,7 +237,7 @@ def _map_folds(
             n_workers=workers,
             processes=True,
             threads_per_worker=1,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.WARNING,
         )
         client = Client(cluster)
