@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +29,8 @@ db_app = typer.Typer(help="Inspect the warehouse.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 features_app = typer.Typer(help="Point-in-time features per runner.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
+qual_app = typer.Typer(help="Qualitative likelihood ratios (analysts, LLM chains).", no_args_is_help=True)
+app.add_typer(qual_app, name="qual")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -39,6 +41,27 @@ DbOption = Annotated[
     typer.Option("--db", help="DuckDB warehouse file [default: $RACEQUANT_DB or ./racequant.duckdb]."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ModelsDirOption = Annotated[
+    Path | None,
+    typer.Option("--models-dir", help="Model registry folder [default: $RACEQUANT_MODELS_DIR or ./models]."),
+]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="Model version (a name under --models-dir, or a path) [default: latest].")
+]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option("--as-of", help="Use only history known at this moment, YYYY-MM-DD[THH:MM] [default: the off time]."),
+]
+# modest boosters for the demo: the whole demo stays well under a few minutes on two cores
+DEMO_PIPELINE_PARAMS: dict[str, Any] = {
+    "n_estimators": 150,
+    "learning_rate": 0.08,
+    "max_depth": 5,
+    "early_stopping_rounds": 30,
+    "n_bootstrap": 40,
+    "n_jobs": 1,
+}
+DEMO_HELD_OUT_DAYS = 60
 
 
 def _settings(db: Path | None) -> Settings:
@@ -252,6 +275,199 @@ def features_export(
         console.print(f"Wrote {summary['rows']:,} rows (feature_version {summary['feature_version']}) to {out}.")
 
 
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected YYYY-MM-DD, got {value!r}", param_hint=option) from None
+
+
+def _parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected YYYY-MM-DD or YYYY-MM-DDTHH:MM, got {value!r}", param_hint="--as-of"
+        ) from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise typer.BadParameter(f"no such file: {path}", param_hint=what) from None
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{path} is not valid JSON: {exc}", param_hint=what) from None
+
+
+def _train_with_progress(frame: Any, until: date | None, models_dir: Path, version: str | None, **params: Any) -> Any:
+    """train_model with a rich progress bar advancing per booster and per later stage."""
+    from racequant.models.api import train_model
+    from racequant.models.boosters import LIBRARIES
+
+    libraries = params.get("libraries", LIBRARIES)
+    with _progress() as progress:
+        task = progress.add_task("Training", total=2 * len(libraries) + 3)
+
+        def step(message: str) -> None:
+            progress.update(task, advance=1 if message != "done" else 0, description=message)
+            if message == "done":
+                progress.update(task, completed=2 * len(libraries) + 3, description="trained")
+
+        return train_model(frame, until=until, models_dir=models_dir, version=version, progress=step, **params)
+
+
+def _metrics_table(pipeline: Any) -> Table:
+    metrics = pipeline.validation_metrics_
+    table = Table("calibration races (held back from the boosters)", "value", title="Validation")
+    for name, value in metrics["calibration_races_uncalibrated"].items():
+        table.add_row(str(name), f"{value:.4f}" if isinstance(value, float) else str(value))
+    for name, value in metrics["per_model_pseudo_r2"].items():
+        table.add_row(f"pseudo R2 {name}", f"{value:.4f}")
+    table.add_row("place method", str(metrics["place_method"]))
+    table.add_row("blend weights", ", ".join(f"{k} {v:.2f}" for k, v in metrics["blend_weights"].items()))
+    return table
+
+
+@app.command()
+def train(
+    until: Annotated[
+        str | None, typer.Option("--until", help="Train on races dated before this day, YYYY-MM-DD [default: all].")
+    ] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Version name [default: a UTC timestamp].")] = None,
+    models_dir: ModelsDirOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the six boosters, the blend, calibration and intervals on the stored features; save a version."""
+    from racequant.features.api import build_and_store
+    from racequant.models.training import stored_features_problem, training_frame
+    from racequant.warehouse import connect
+
+    settings = _settings(db)
+    cutoff = _parse_date(until, "--until")
+    directory = models_dir or settings.models_dir
+    with connect(settings.db) as conn:
+        problem = stored_features_problem(conn)
+        if problem is not None:
+            err_console.print(f"[yellow]Building the features first:[/] {problem}.")
+            with err_console.status("Building features") as status:
+                build_and_store(conn, progress=lambda step: status.update(f"Building features: {step}"))
+        frame = training_frame(conn, cutoff)
+    if frame.empty:
+        raise RacequantError(f"No races to train on{f' before {cutoff}' if cutoff else ''} in {settings.db}.")
+    path, pipeline = _train_with_progress(frame, cutoff, directory, version)
+    summary = {
+        "version": path.name,
+        "path": str(path),
+        "training_window": pipeline.training_window_,
+        "calibrated_until": pipeline.calibrated_until_,
+        "validation_metrics": pipeline.validation_metrics_,
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    window = pipeline.training_window_
+    console.print(
+        f"Trained model [bold]{path.name}[/] on {sum(window['races'].values()):,} races "
+        f"({window['start']} to {window['end']}; train {window['races']['train']:,}, validation "
+        f"{window['races']['validation']:,}, calibration {window['races']['calibration']:,}), saved to {path}"
+    )
+    console.print(_metrics_table(pipeline))
+
+
+@app.command()
+def predict(
+    card: Annotated[Path, typer.Argument(help="Race card JSON (see examples/README.md).")],
+    model: ModelOption = None,
+    models_dir: ModelsDirOption = None,
+    as_of: AsOfOption = None,
+    db: DbOption = None,
+) -> None:
+    """Win and place probabilities of every runner of a race card: the quantitative output schema, as JSON."""
+    from racequant.models.card import parse_card
+    from racequant.models.predictor import Predictor
+    from racequant.warehouse import connect
+
+    settings = _settings(db)
+    race_card = parse_card(_read_json(card, "RACECARD"))
+    predictor = Predictor.load(models_dir or settings.models_dir, model)
+    with connect(settings.db) as conn:
+        records = predictor.predict_card(conn, race_card, _parse_as_of(as_of))
+    _print_json(records)
+
+
+@qual_app.command("import")
+def qual_import(
+    file: Annotated[Path, typer.Argument(help="JSON list of qualitative records, or {\"records\": [...]}.")],
+    source: Annotated[
+        str | None, typer.Option("--source", help="Label of the submission [default: file name].")
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate a qualitative file whole and store it in the warehouse (nothing is stored if any record fails)."""
+    from racequant.fusion.api import import_qualitative
+
+    settings = _settings(db)
+    summary = import_qualitative(settings.db, file, source)
+    if as_json:
+        _print_json(summary)
+    else:
+        console.print(f"Imported {file} into {settings.db}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@app.command()
+def fuse(
+    card: Annotated[Path, typer.Argument(help="Race card JSON, or the records of 'racequant predict'.")],
+    qual: Annotated[Path, typer.Option("--qual", help="Qualitative records JSON of the card's runners.")],
+    mode: Annotated[str, typer.Option("--mode", help="product or fitted.")] = "product",
+    pool: Annotated[
+        Path | None, typer.Option("--pool", help="Fitted pool (FittedFusion.save) for --mode fitted.")
+    ] = None,
+    model: ModelOption = None,
+    models_dir: ModelsDirOption = None,
+    as_of: AsOfOption = None,
+    db: DbOption = None,
+) -> None:
+    """Fuse the model's probabilities with qualitative likelihood ratios; prints the fused records as JSON."""
+    from racequant.fusion.api import fuse_card
+    from racequant.fusion.errors import FusionParameterError
+    from racequant.fusion.fusion import FittedFusion
+    from racequant.fusion.schema import load_qualitative_file
+    from racequant.models.card import parse_card
+    from racequant.models.predictor import Predictor
+    from racequant.warehouse import connect
+
+    if mode not in ("product", "fitted"):
+        raise typer.BadParameter(f"expected product or fitted, got {mode!r}", param_hint="--mode")
+    settings = _settings(db)
+    data = _read_json(card, "RACECARD")
+    records = load_qualitative_file(qual)
+    fitted = FittedFusion.load(pool) if pool is not None else None
+    if mode == "fitted" and fitted is None:
+        raise FusionParameterError("--mode fitted needs a fitted pool (--pool FILE, saved by FittedFusion.save).")
+    if isinstance(data, list):  # the quantitative records themselves
+        fused = fuse_card(data, records, mode=mode, pool=fitted)
+    else:
+        race_card = parse_card(data)
+        predictor = Predictor.load(models_dir or settings.models_dir, model)
+        when = _parse_as_of(as_of)
+        with connect(settings.db) as conn:
+            fused = fuse_card(
+                race_card.to_feature_card(),
+                records,
+                mode=mode,
+                pool=fitted,
+                quantitative=lambda c: predictor.predict_card(conn, c, when),
+            )
+    _print_json(fused)
+
+
 @app.command()
 def demo(
     db: Annotated[Path, typer.Option("--db", help="Warehouse the demo builds.")] = Path("demo-output/demo.duckdb"),
@@ -259,7 +475,9 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Simulator seed.")] = 7,
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's files.")] = Path("demo-output"),
 ) -> None:
-    """The main job on the embedded simulator: simulate, import, and report every stage."""
+    """The main job on the embedded simulator: simulate, import, build features, train, predict, fuse."""
+    import pandas as pd
+
     from racequant.features.api import build_and_store
     from racequant.ingest import parse
     from racequant.ingest.simulator import simulate as run_simulation
@@ -271,7 +489,7 @@ def demo(
     console.rule("[bold]racequant demo")
     data_dir = out / "simulated"
     with _progress() as progress:
-        task = progress.add_task("1/2 Simulating race history", total=races)
+        task = progress.add_task("1. Simulating race history", total=races)
         results = run_simulation(races, seed, progress=lambda done, total: progress.update(task, completed=done))
         progress.update(task, completed=races)
     write_results(results, data_dir)
@@ -297,8 +515,83 @@ def demo(
         f"(feature_version {features['feature_version']}, mean coverage {features['coverage_mean']:.1%}) "
         f"in {features['seconds']:.1f} s"
     )
+
+    # 4. train on the history except the last race days, with modest boosters
+    from racequant.models.training import training_frame
+
+    days = sorted(results.races["date"].unique())
+    cut = pd.Timestamp(days[-DEMO_HELD_OUT_DAYS]).date() if len(days) > 2 * DEMO_HELD_OUT_DAYS else None
+    models_dir = out / "models"
+    if (models_dir / "demo").exists():
+        shutil.rmtree(models_dir / "demo")
+    with connect(db) as conn:
+        frame = training_frame(conn, cut)
+    path, pipeline = _train_with_progress(frame, cut, models_dir, "demo", **DEMO_PIPELINE_PARAMS)
+    window = pipeline.training_window_
+    metrics = pipeline.validation_metrics_["calibration_races_uncalibrated"]
+    console.print(
+        f"[bold]4. Trained[/] six boosters + blend + calibration on {sum(window['races'].values()):,} races "
+        f"({window['start']} to {window['end']}), saved to {path}; on its "
+        f"{window['races']['calibration']:,} calibration races: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    )
+
+    # 5. predict one held-out race through the one prediction path (the same the API and the CLI use)
+    from racequant.models.card import card_from_results
+    from racequant.models.predictor import Predictor
+
+    predictor = Predictor.load(models_dir, "demo")
+    declared = results.runners[results.runners["status"].astype(str) != "withdrawn"]
+    sizes = declared.groupby("race_id", sort=False).size()
+    held = results.races[results.races["date"] >= pd.Timestamp(cut or days[-1])]
+    race_id = next((r for r in held["race_id"] if sizes.get(r, 0) >= 10), str(held["race_id"].iloc[0]))
+    race_card = card_from_results(
+        results.races[results.races["race_id"] == race_id].iloc[0].to_dict(),
+        results.runners[results.runners["race_id"] == race_id].to_dict("records"),
+        results.horses.set_index("horse_id", drop=False).to_dict("index"),
+    )
+    with connect(db) as conn:
+        records = predictor.predict_card(conn, race_card)
+    table = Table("horse", "win (90% interval)", "place", "market", "scenario",
+                  title=f"{race_id}: {race_card.track} {race_card.distance} m, class {race_card.race_class}")
+    for r in sorted(records, key=lambda r: -r["win_prob_base"]):
+        table.add_row(
+            str(r["horse_name"]),
+            f"{r['win_prob_base']:.3f} ({r['win_prob_lower']:.3f}-{r['win_prob_upper']:.3f})",
+            f"{r['place_prob_base']:.3f}",
+            "-" if r.get("market_prob") is None else f"{r['market_prob']:.3f}",
+            str(r["quant_triple_scenario"]),
+        )
+    console.print(
+        f"[bold]5. Predicted[/] held-out race {race_id} ({race_card.date}) with model {predictor.model_version}:"
+    )
+    console.print(table)
+
+    # 6. fuse it with (synthetic) qualitative likelihood ratios
+    from racequant.fusion.api import demo_fuse_race
+
+    fusion = demo_fuse_race(results, race_id=race_id, quant_records=records)
+    table = Table("horse", "LR", "win base", "win final", "place base", "place final",
+                  title="Product fusion: P_final proportional to P_base x LR")
+    for r in sorted(fusion["fused"], key=lambda r: -r["win_prob_final"]):
+        table.add_row(
+            str(r["horse_name"]),
+            f"{r['lr_product']:.2f}",
+            f"{r['win_prob_base']:.3f}",
+            f"{r['win_prob_final']:.3f}",
+            f"{r['place_prob_base']:.3f}",
+            f"{r['place_prob_final']:.3f}",
+        )
+    console.print("[bold]6. Fused[/] the model's probabilities with synthetic analysts' likelihood ratios:")
+    console.print(table)
+
+    # 7. backtest: the walk-forward backtest of the held-out days goes here (backtest step, to come)
+
     console.print(f"\nExplore it: {_command_name()} db info --db {db}")
     console.print(f"            {_command_name()} features list")
+    console.print(
+        f"            {_command_name()} predict examples/card_warehouse_race.json --db {db} --models-dir {models_dir}"
+    )
 
 
 def main() -> None:

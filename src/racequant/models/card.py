@@ -223,6 +223,77 @@ class RaceCard(_Strict):
         return {"race": race, "runners": runners, "horses": horses}
 
 
+def _present(value: Any) -> Any:
+    """None for missing values (NaN, NA, NaT), plain Python scalars otherwise."""
+    if value is None:
+        return None
+    try:
+        if value != value:  # NaN and NaT
+            return None
+    except (TypeError, ValueError):  # pd.NA cannot be compared
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def card_from_results(
+    race: Mapping[str, Any],
+    runners: list[Mapping[str, Any]],
+    horses: Mapping[str, Mapping[str, Any]] | None = None,
+    odds: bool = True,
+) -> RaceCard:
+    """The card of a race given in the results vocabulary (a races row, its runners rows, horses by id).
+
+    Results (positions, times, margins) are dropped: the card is the race as declared. Withdrawn runners are
+    left out. ``odds`` keeps the win and place odds (the market, for comparison only).
+    """
+    horses = horses or {}
+    when = _present(race.get("date"))
+    entries = []
+    for r in runners:
+        if str(_present(r.get("status")) or "").lower() == "withdrawn":
+            continue
+        pedigree = horses.get(str(r["horse_id"]), {})
+        entry = {
+            "horse_id": r["horse_id"],
+            "horse_name": r.get("horse_name"),
+            "draw": r.get("draw"),
+            "weight": r.get("carried_weight_lbs"),
+            "jockey": r.get("jockey_id"),
+            "trainer": r.get("trainer_id"),
+            "rating": r.get("rating"),
+            "horse_weight_lbs": r.get("horse_weight_lbs"),
+            "age": r.get("age"),
+            "sex": r.get("sex"),
+            "gear": r.get("gear"),
+            "saddle_no": r.get("saddle_no"),
+            "sire": pedigree.get("sire"),
+            "dam": pedigree.get("dam"),
+            "damsire": pedigree.get("damsire"),
+        }
+        if odds:
+            entry.update(win_odds=r.get("win_odds"), place_odds=r.get("place_odds"))
+        entries.append({k: _present(v) for k, v in entry.items() if _present(v) is not None})
+    fields = {
+        "race_id": race.get("race_id"),
+        "date": when.date() if isinstance(when, datetime) else when,
+        "track": race.get("track"),
+        "distance": race.get("distance_m"),
+        "going": race.get("going"),
+        "race_class": race.get("race_class"),
+        "race_no": race.get("race_no"),
+        "off_time": race.get("off_time"),
+        "surface": race.get("surface"),
+        "country": race.get("country"),
+        "course_config": race.get("course_config"),
+        "rating_band": race.get("rating_band"),
+        "prize": race.get("prize"),
+    }
+    card = {k: _present(v) for k, v in fields.items() if _present(v) is not None}
+    return parse_card({**card, "horses": entries})
+
+
 def past_run_row(run: PastRun) -> dict[str, Any]:
     """A past run in the warehouse's vocabulary (missing race fields stay None: the card's race fills them)."""
     return {
@@ -312,6 +383,7 @@ __all__ = [
     "CardValidationError",
     "PastRun",
     "RaceCard",
+    "card_from_results",
     "parse_card",
     "past_run_row",
 ]

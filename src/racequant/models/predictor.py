@@ -273,7 +273,8 @@ def _scratch_with_past_runs(conn: duckdb.DuckDBPyConnection, card: RaceCard) -> 
                     "jockey_id": run.jockey,
                     "trainer_id": run.trainer,
                     "sex": horse.sex,
-                    "carried_weight_lbs": run.weight,
+                    # a speed figure is weight-adjusted: without the run's weight, today's stands in
+                    "carried_weight_lbs": run.weight if run.weight is not None else horse.weight,
                     "rating": run.rating,
                     "status": "finished" if position is not None else "did_not_finish",
                     "finish_position": position,
