@@ -1,9 +1,10 @@
 """Benchmark and report of the point-in-time features.
 
-    python benchmarks/bench_features.py [--sim-runners 1000000] [--report docs/features_report.md]
+    python benchmarks/bench_features.py [--sim-runners 1000000 --memory-limit 2GB] [--report docs/features_report.md]
 
 Measures the full HK 1997-2005 build, one 14-runner race card, a naive per-horse pandas implementation of a
-handful of the same features, optionally a large simulated build (time and peak RSS), and writes the
+handful of the same features, optionally a large simulated build (time and peak RSS of a child process that
+only builds), and writes the
 coverage table and univariate win AUCs used in docs/features.md.
 """
 
@@ -12,12 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import psutil
@@ -25,6 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from features_helpers import card_of, warehouse_from_folder, warehouse_from_simulation
 from racequant.features import build_features, features_for_card
+from racequant.features.build import refresh_card_state
 from racequant.features.manifest import all_specs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -75,25 +79,42 @@ def naive_pandas(conn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - started
 
 
-class PeakRss:
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+def _child_build(db_path: Path, memory_limit: str) -> None:
+    """The large build, alone in a fresh process so its peak RSS is the build's own."""
+    conn = duckdb.connect(str(db_path))
+    started = time.perf_counter()
+    frame = build_features(conn, memory_limit=memory_limit)
+    print(f"{len(frame)} {time.perf_counter() - started:.1f}")
 
-    def _run(self) -> None:
-        proc = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
-            time.sleep(0.05)
 
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
+def big_simulated_build(n_runners: int, memory_limit: str) -> None:
+    """Simulate about ``n_runners`` runners into a warehouse file, then time the full build in a child process."""
+    from racequant.ingest import parse
+    from racequant.ingest.simulator import simulate, write_results
+    from racequant.warehouse import migrate
+    from racequant.warehouse.load import load_results
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    with tempfile.TemporaryDirectory() as tmp:
+        n_races = max(round(n_runners / 12.3), 10)  # the simulator averages about 12.3 runners a race
+        started = time.perf_counter()
+        write_results(simulate(n_races, 1), Path(tmp) / "results")
+        db_path = Path(tmp) / "sim.duckdb"
+        conn = duckdb.connect(str(db_path))
+        migrate(conn)
+        load_results(conn, parse(Path(tmp) / "results", "racequant", skip_invalid=True), tmp)
+        n = conn.execute("SELECT count(*) FROM runners").fetchall()[0][0]
+        conn.close()
+        print(f"simulated: {n_races} races, {n} runners written and loaded in {time.perf_counter() - started:.0f} s")
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, __file__, "--child-build", str(db_path), "--memory-limit", memory_limit],
+            capture_output=True, text=True, check=True,
+        )
+        wall = time.perf_counter() - started
+        rows, seconds = done.stdout.split()[-2:]
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        print(f"simulated: {rows} feature rows built in {float(seconds):.1f} s (process wall {wall:.1f} s), "
+              f"peak RSS {peak:.2f} GiB, DuckDB memory_limit {memory_limit}")
 
 
 def main() -> None:
@@ -101,7 +122,12 @@ def main() -> None:
     parser.add_argument("--sim-runners", type=int, default=0, help="also build on about this many simulated runners")
     parser.add_argument("--report", type=Path, default=None, help="write coverage and AUC tables (markdown)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory_limit of the large simulated build")
+    parser.add_argument("--child-build", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_build is not None:
+        _child_build(args.child_build, args.memory_limit)
+        return
     mem = psutil.virtual_memory().total / 2**30
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {mem:.1f} GiB RAM")
     report: list[str] = []
@@ -117,12 +143,17 @@ def main() -> None:
                 "SELECT race_id FROM runners WHERE status <> 'withdrawn' GROUP BY race_id HAVING count(*) = 14 "
                 "ORDER BY race_id DESC LIMIT 1").fetchone()[0]
             card = card_of(conn, race_id)
+            started = time.perf_counter()
+            refresh_card_state(conn, force=True)
+            seconds = time.perf_counter() - started
+            print(f"{name}: race-card state (base stage + group totals) stored in {seconds:.2f} s")
             times = []
-            for _ in range(5):
+            for _ in range(20):
                 started = time.perf_counter()
                 features_for_card(conn, card)
                 times.append(time.perf_counter() - started)
-            print(f"{name}: one 14-runner card, median {np.median(times) * 1000:.0f} ms")
+            print(f"{name}: one 14-runner card, median of 20 {np.median(times) * 1000:.0f} ms "
+                  f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
             if not args.skip_naive:
                 naive = naive_pandas(conn)
                 print(f"{name}: naive per-horse pandas (3 features) {naive:.1f} s")
@@ -146,15 +177,7 @@ def main() -> None:
         report += [f"| {k} | {r.strength:.3f} | {r.direction} |" for k, r in ped.iloc[::-1].iterrows()]
         conn.close()
     if args.sim_runners:
-        with tempfile.TemporaryDirectory() as tmp:
-            n_races = max(args.sim_runners // 12, 10)
-            conn = warehouse_from_simulation(n_races, 1, Path(tmp))
-            n = conn.execute("SELECT count(*) FROM runners").fetchone()[0]
-            with PeakRss() as rss:
-                started = time.perf_counter()
-                build_features(conn)
-                seconds = time.perf_counter() - started
-            print(f"simulated: {n} runners built in {seconds:.1f} s, peak RSS {rss.peak / 2**30:.2f} GiB")
+        big_simulated_build(args.sim_runners, args.memory_limit)
     if args.report:
         args.report.write_text("\n".join(report) + "\n", encoding="utf-8")
 

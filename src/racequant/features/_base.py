@@ -175,7 +175,7 @@ def base_steps(
             """
             SELECT race_id, any_value(race_seq) AS race_seq, any_value(class_num) AS class_num,
                    max(fig) FILTER (WHERE won = 1) AS winner_fig,  -- DECIMAL: exact cumulative sums
-                   list_sum(list(fig ORDER BY horse_id) FILTER (WHERE fig IS NOT NULL)) AS fig_sum,
+                   sum(fig) AS fig_sum,  -- DECIMAL: exact whatever the order
                    count(fig) AS fig_n
             FROM _fx_run1 GROUP BY race_id
         """,

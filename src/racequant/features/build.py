@@ -24,7 +24,17 @@ import duckdb
 import pandas as pd
 
 from racequant.errors import RacequantError
-from racequant.features import class_, composites, connections, context, market, pedigree, sectionals, speed
+from racequant.features import (
+    class_,
+    composites,
+    connections,
+    context,
+    market,
+    pedigree,
+    sectionals,
+    shrinkage,
+    speed,
+)
 from racequant.features._base import BEFORE, Step, base_steps
 from racequant.features.manifest import all_specs, feature_version
 from racequant.warehouse import feature_store
@@ -52,6 +62,20 @@ _HORSE_WINDOWS = f"""
 _TARGET_RUNS = "(SELECT * FROM _fx_run WHERE race_id IN (SELECT race_id FROM _fx_tgt))"
 
 
+# The columns of a run the horse windows read.
+_HORSE_INPUTS = (
+    "date", "dist_band", "track", "going", "surface", "jockey_id", "gear", "distance_m", "fig", "fig2", "fig_x",
+    "fig_x2", "fig_xy", "rating", "class_num", "perf_vs_class_par", "prize_won", "l200", "kick", "early_fig",
+    "early_pos", "mid_pos", "led_early", "pos_gained", "race_pace_fig", "carried_weight_lbs", "horse_weight_lbs",
+    "has_result", "won", "placed", "finish_pct", "finish_position", "margin_lengths",
+)
+
+
+def _alias(expr: str) -> str:
+    """The output name of ``<expression> AS name``."""
+    return expr.rsplit(" AS ", 1)[1].strip()
+
+
 def _groups() -> dict[str, tuple[tuple[str, ...], int | None]]:
     groups: dict[str, tuple[tuple[str, ...], int | None]] = {}
     for name, (keys, rolling, _m) in connections.GROUPS.items():
@@ -70,12 +94,12 @@ def _group_steps(
     start = "UNBOUNDED" if rolling is None else str(rolling)
     aggs = f"""
     SELECT {k}, race_seq, sum(has_result) AS n, sum(won) AS w, sum(placed) AS p,
-           list_sum(list(fig ORDER BY horse_id) FILTER (WHERE fig IS NOT NULL)) AS fs, count(fig) AS fn
+           sum(fig) AS fs, count(fig) AS fn  -- fig is DECIMAL: an exact sum whatever the order
     FROM _fx_run SEMI JOIN (SELECT DISTINCT {k} FROM {_TARGET_RUNS} t WHERE {not_null}) USING ({k})
     GROUP BY {k}, race_seq
     """
     totals = f"""
-    SELECT {", ".join(f"{c} AS k_{c}" for c in keys)}, race_seq AS k_race_seq,
+    SELECT {", ".join(f"{c} AS k_{c}" for c in keys)}, race_seq AS k_race_seq, n AS n_own, w AS w_own, p AS p_own,
            sum(n) OVER w AS n_b, sum(w) OVER w AS w_b, sum(p) OVER w AS p_b, sum(fs) OVER w AS fs_b,
            sum(fn) OVER w AS fn_b
     FROM {group_aggs(name, keys) if callable(group_aggs) else f"_fx_ga_{name}"}
@@ -85,7 +109,9 @@ def _group_steps(
 
 
 def _target_steps(
-    group_aggs: Callable[[str, tuple[str, ...]], str] | str = "", horse_runs: str = "_fx_run"
+    group_aggs: Callable[[str, tuple[str, ...]], str] | str = "",
+    horse_runs: str = "_fx_run",
+    mom_aggs: str = "_fx_moma",
 ) -> list[Step]:
     """Everything after the base stage, for the runners of the races in _fx_tgt.
 
@@ -96,6 +122,7 @@ def _target_steps(
     steps: list[Step] = []
     for n, (keys, rolling) in _groups().items():
         steps.extend(_group_steps(n, keys, rolling, group_aggs))
+    steps.extend(shrinkage.steps(mom_aggs))
     horse_exprs = (
         *speed.HORSE_EXPRS,
         *class_.HORSE_EXPRS,
@@ -103,9 +130,11 @@ def _target_steps(
         *context.HORSE_EXPRS,
         *connections.HORSE_EXPRS,
     )
+    # The windows sort only the columns they read (every window spec sorts its whole input row).
+    horse_cols = [_alias(e) for e in horse_exprs]
     steps.append(("_fx_h", f"""
-    SELECT *, {", ".join(horse_exprs)}
-    FROM {horse_runs}
+    SELECT race_id, horse_id, {", ".join(horse_exprs)}
+    FROM (SELECT race_id, horse_id, race_seq, {", ".join(_HORSE_INPUTS)} FROM {horse_runs})
     WHERE horse_id IN (SELECT horse_id FROM {_TARGET_RUNS} t)
     WINDOW {_HORSE_WINDOWS}
     """))
@@ -117,8 +146,9 @@ def _target_steps(
         joins.append(f"LEFT JOIN _fx_g_{name} g_{name} ON {on}")
     steps.append(("_fx_j", f"""
     SELECT h.*, {", ".join(row1)}, {", ".join(join_exprs)}
-    FROM _fx_h h {" ".join(joins)}
-    WHERE h.race_id IN (SELECT race_id FROM _fx_tgt)
+    FROM (SELECT r.*, {", ".join(f"x.{c}" for c in horse_cols)}
+          FROM {_TARGET_RUNS} r JOIN _fx_h x USING (race_id, horse_id)) h
+    {" ".join(joins)} LEFT JOIN _fx_mom ON _fx_mom.race_seq = h.race_seq
     """))
     field_exprs = (
         *speed.FIELD_EXPRS,
@@ -185,7 +215,7 @@ def _execute_steps(
 
 def _card_state_sources() -> dict[str, str]:
     """Stored card state -> the temp relation of the bulk build it is copied from."""
-    sources = {"race": "_fx_race", "rta": "_fx_rta", "cpa": "_fx_cpa", "run": "_fx_run"}
+    sources = {"race": "_fx_race", "rta": "_fx_rta", "cpa": "_fx_cpa", "run": "_fx_run", "moma": "_fx_moma"}
     sources.update({f"ga_{n}": f"_fx_ga_{n}" for n in _groups()})
     return sources
 
@@ -194,6 +224,15 @@ def _save_card_state(conn: duckdb.DuckDBPyConnection) -> None:
     feature_store.save_card_state(
         conn, _card_state_sources(), fingerprint=_warehouse_fingerprint(conn), version=feature_version()
     )
+
+
+def _limit_memory(conn: duckdb.DuckDBPyConnection, memory_limit: str) -> dict[str, str]:
+    """Cap DuckDB's memory and let it stream without keeping insertion order; return the previous settings."""
+    names = ("memory_limit", "preserve_insertion_order")
+    previous = {n: str(conn.execute(f"SELECT current_setting('{n}')").fetchall()[0][0]) for n in names}
+    conn.execute(f"SET memory_limit = '{_sql_str(memory_limit)}'")
+    conn.execute("SET preserve_insertion_order = false")
+    return previous
 
 
 def _warehouse_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
@@ -206,12 +245,15 @@ def build_features(
     race_ids: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
     save_card_state: bool = False,
+    memory_limit: str | None = None,
 ) -> pd.DataFrame:
     """Point-in-time features of every runner (withdrawn excluded) of the given races (default: all).
 
     Columns: race_id, horse_id, race_date, race_seq, then every feature of the manifest (market included;
     ``manifest.fundamental_specs()`` names the ones a model may learn from). With ``save_card_state`` (only
-    for a build of all races) the running state race cards start from is stored too.
+    for a build of all races) the running state race cards start from is stored too. ``memory_limit``
+    (e.g. "2GB") caps DuckDB for this build (it spills to disk beyond it); the connection's settings are
+    restored afterwards.
     """
     started = time.perf_counter()
     if race_ids is None:
@@ -219,6 +261,7 @@ def build_features(
     else:
         conn.register("_fx_wanted", pd.DataFrame({"race_id": list(race_ids)}, dtype="string"))
         targets = "SELECT race_id FROM _fx_race WHERE race_id IN (SELECT race_id FROM _fx_wanted)"
+    restore = _limit_memory(conn, memory_limit) if memory_limit else {}
     try:
         _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
         out = conn.execute("SELECT * FROM _fx_out").df()
@@ -228,6 +271,8 @@ def build_features(
         raise FeatureBuildError(f"The feature build failed: {exc}") from exc
     finally:
         _cleanup(conn)
+        for name, value in restore.items():
+            conn.execute(f"SET {name} = '{_sql_str(value)}'")
         if race_ids is not None:
             conn.unregister("_fx_wanted")
     out["race_seq"] = out["race_seq"].astype("int64")
@@ -246,7 +291,8 @@ def refresh_card_state(conn: duckdb.DuckDBPyConnection, *, force: bool = False) 
     started = time.perf_counter()
     steps = [*base_steps("races", "runners", "horses"), ("_fx_tgt", "SELECT race_id FROM _fx_race")]
     for name, (keys, rolling) in _groups().items():
-        steps.append(_group_steps(name, keys, rolling, "")[0])
+        steps.extend(_group_steps(name, keys, rolling, ""))
+    steps.append(shrinkage.steps()[0])
     try:
         _execute_steps(conn, steps)
         _save_card_state(conn)
@@ -452,6 +498,7 @@ def features_for_card(
             group_aggs,
             f"(SELECT * FROM feature_state_run WHERE {before} AND horse_id IN (SELECT horse_id FROM _fx_run)"
             " UNION ALL BY NAME SELECT * FROM _fx_run)",
+            f"(SELECT * FROM feature_state_moma WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_moma)",
         ),
     ]
     query = "WITH " + ",\n".join(f"{name} AS MATERIALIZED ({sql})" for name, sql in steps) + "\nSELECT * FROM _fx_out"

@@ -10,7 +10,7 @@ from racequant.features.manifest import FeatureSpec
 
 ROLLING_RIDES = 300
 
-# group name -> (key columns, rolling window in rides or None, m)
+# group name -> (key columns, rolling window in rides or None, default m until it can be fitted: shrinkage.py)
 GROUPS: dict[str, tuple[tuple[str, ...], int | None, float]] = {
     "jockey": (("jockey_id",), None, 50.0),
     "jockey_recent": (("jockey_id",), ROLLING_RIDES, 50.0),
@@ -25,7 +25,9 @@ _T = ("trainer_id", "finish_position", "status", "date", "race_no")
 
 
 def _rate(group: str, col: str, prior: str) -> str:
-    keys, _, m = GROUPS[group]
+    keys, _, _m_default = GROUPS[group]
+    # m: the empirical-Bayes prior strength fitted on earlier races (shrinkage.py)
+    m = f"m_{group.removesuffix('_recent')}_{'win' if prior == 'prior_win' else 'place'}"
     present = " AND ".join(f"{k} IS NOT NULL" for k in keys)
     return (
         f"CASE WHEN {present} THEN (coalesce(g_{group}.{col}, 0) + {m} * {prior})"
@@ -35,8 +37,8 @@ def _rate(group: str, col: str, prior: str) -> str:
 
 SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec("jockey_rides", "connections", "Jockey's rides before today.", _J),
-    FeatureSpec("jockey_win_rate", "connections", "Jockey's career win rate, shrunk (m = 50).", _J),
-    FeatureSpec("jockey_place_rate", "connections", "Jockey's career place (top 3) rate, shrunk (m = 50).", _J),
+    FeatureSpec("jockey_win_rate", "connections", "Jockey's career win rate, shrunk (m fitted).", _J),
+    FeatureSpec("jockey_place_rate", "connections", "Jockey's career place (top 3) rate, shrunk (m fitted).", _J),
     FeatureSpec(
         "jockey_win_rate_recent", "connections", f"Jockey's win rate over the last {ROLLING_RIDES} rides, shrunk.", _J
     ),
@@ -47,8 +49,8 @@ SPECS: tuple[FeatureSpec, ...] = (
         _J,
     ),
     FeatureSpec("trainer_runs", "connections", "Trainer's runners before today.", _T),
-    FeatureSpec("trainer_win_rate", "connections", "Trainer's career win rate, shrunk (m = 50).", _T),
-    FeatureSpec("trainer_place_rate", "connections", "Trainer's career place rate, shrunk (m = 50).", _T),
+    FeatureSpec("trainer_win_rate", "connections", "Trainer's career win rate, shrunk (m fitted).", _T),
+    FeatureSpec("trainer_place_rate", "connections", "Trainer's career place rate, shrunk (m fitted).", _T),
     FeatureSpec(
         "trainer_win_rate_recent",
         "connections",
@@ -67,7 +69,7 @@ SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "jockey_trainer_win_rate",
         "connections",
-        "Win rate of this jockey x trainer pair, shrunk (m = 30).",
+        "Win rate of this jockey x trainer pair, shrunk (m fitted).",
         (*_J, "trainer_id"),
     ),
     FeatureSpec("horse_jockey_runs", "connections", "Earlier runs of this horse with today's jockey.", _J),
@@ -84,7 +86,7 @@ SPECS: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         "draw_win_rate",
         "connections",
-        "Shrunk win rate (m = 100) of today's draw at track x distance x course variant in earlier races.",
+        "Shrunk win rate (m fitted) of today's draw at track x distance x course variant in earlier races.",
         ("draw", "track", "distance_m", "course_config", "finish_position"),
     ),
     FeatureSpec(

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 
 # Bump when the SQL of an existing feature changes without a change to its spec.
-SQL_REVISION = 2
+SQL_REVISION = 3
 
 CATEGORIES = ("speed", "class", "sectionals", "pedigree", "context", "connections", "composite", "market")
 FUNDAMENTAL_CATEGORIES = tuple(c for c in CATEGORIES if c != "market")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from racequant.features.manifest import FeatureSpec
 
-# group name -> (key columns, prior strength m for rates, prior strength m for the mean figure)
+# group name -> (key columns, default m for rates until it can be fitted (shrinkage.py), fixed m for the mean figure)
 GROUPS: dict[str, tuple[tuple[str, ...], float, float]] = {
     "sire": (("sire",), 30.0, 15.0),
     "dam": (("dam",), 5.0, 5.0),
@@ -45,11 +45,15 @@ def _add(group: str, what: str, label: str) -> None:
         cols = _PED + _FIGCOLS
     else:
         col, prior = {"win_rate": ("w_b", "prior_win"), "place_rate": ("p_b", "prior_place")}[what]
+        m = f"m_{group}_{what.removesuffix('_rate')}"  # fitted on earlier races (shrinkage.py)
         expr = (
-            f"CASE WHEN {present} THEN (coalesce(g_{group}.{col}, 0) + {m_rate} * {prior})"
-            f" / (coalesce(g_{group}.n_b, 0) + {m_rate}) END"
+            f"CASE WHEN {present} THEN (coalesce(g_{group}.{col}, 0) + {m} * {prior})"
+            f" / (coalesce(g_{group}.n_b, 0) + {m}) END"
         )
-        desc = f"{'Win' if what == 'win_rate' else 'Place (top 3)'} rate of the {label}, shrunk (m = {m_rate:g})."
+        desc = (
+            f"{'Win' if what == 'win_rate' else 'Place (top 3)'} rate of the {label}, shrunk"
+            f" (m fitted on earlier races, default {m_rate:g})."
+        )
         cols = _PED
     SPECS.append(FeatureSpec(name, "pedigree", desc, cols))
     EXPRS.append(f"{expr} AS {name}")
