@@ -32,6 +32,18 @@ class LogWriterClosedError(RacequantError):
     """The prediction-log writer is closed: nothing more can be written."""
 
 
+class _Rows:
+    """A queued insert of predictions (merged with the others of its batch into one statement)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[Mapping[str, Any]]) -> None:
+        self.rows = rows
+
+    def __call__(self, conn: duckdb.DuckDBPyConnection) -> int:
+        return prediction_log.insert_predictions(conn, self.rows)
+
+
 class LogWriter:
     """Owns the prediction log's connection; every write goes through its one thread."""
 
@@ -63,7 +75,8 @@ class LogWriter:
         return future
 
     def insert_predictions(self, rows: list[Mapping[str, Any]]) -> Future[int]:
-        return self.submit(lambda conn: prediction_log.insert_predictions(conn, rows))
+        """Queue predictions; the writer inserts those of every queued request as one table (one statement)."""
+        return self.submit(_Rows(rows))
 
     def read(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run a read in the calling thread on its own cursor (sees every committed write)."""
@@ -118,8 +131,10 @@ class LogWriter:
         results: list[Any] = []
         try:
             prediction_log.begin(conn)
+            merged = [row for write, _ in live if isinstance(write, _Rows) for row in write.rows]
+            prediction_log.insert_predictions(conn, merged)
             for write, _ in live:
-                results.append(write(conn))
+                results.append(len(write.rows) if isinstance(write, _Rows) else write(conn))
             prediction_log.commit(conn)
         except Exception:
             prediction_log.rollback(conn)

