@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_results_folder
+from model_fixtures import TrainedModel, trained_model  # noqa: F401
 from racequant.cli import app
 from racequant.errors import ImportValidationError
 
@@ -96,9 +97,96 @@ def test_demo_simulates_imports_and_reports(tmp_path: Path) -> None:
     assert "1. Simulated" in result.stdout
     assert "2. Imported" in result.stdout
     assert "3. Built" in result.stdout
+    for step in ("4. Trained", "5. Predicted", "6. Fused"):
+        assert step in result.stdout
     info = json.loads(_invoke("db", "info", "--db", str(db), "--json").stdout)
     assert info["races"] == 400
     listed = json.loads(_invoke("features", "list", "--json").stdout)
     assert len(listed) >= 100
     some_runner = _invoke("features", "export", "--out", str(tmp_path / "f.parquet"), "--db", str(db), "--json")
     assert json.loads(some_runner.stdout)["rows"] > 4000
+
+
+# -- train, predict, fuse, qual import (the shared tiny model: tests/model_fixtures.py) -------------------
+
+
+def _copy_warehouse(model: TrainedModel, tmp_path: Path) -> Path:
+    import shutil
+
+    db = tmp_path / "w.duckdb"
+    shutil.copy(model.db, db)
+    return db
+
+
+def _card_file(model: TrainedModel, tmp_path: Path) -> Path:
+    from racequant.warehouse import connect_read_only
+
+    with connect_read_only(model.db) as conn:
+        card = model.card(conn, model.held_out[-1])
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(card))
+    return path
+
+
+def test_train_until_a_date_saves_a_version_trained_before_it(trained_model: TrainedModel, tmp_path: Path) -> None:  # noqa: F811
+    db = _copy_warehouse(trained_model, tmp_path)
+    until = trained_model.cut.isoformat()
+    result = _invoke(
+        "train", "--until", until, "--version", "v-test", "--models-dir", str(tmp_path / "m"), "--db", str(db),
+        "--json", "--n-estimators", "60", "--learning-rate", "0.1", "--n-jobs", "1",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["version"] == "v-test"
+    assert (tmp_path / "m" / "v-test" / "manifest.json").is_file()
+    assert summary["training_window"]["end"] < until
+    assert "winner_log_loss" in summary["validation_metrics"]["calibration_races_uncalibrated"]
+
+
+def test_predict_prints_one_record_per_runner(trained_model: TrainedModel, tmp_path: Path) -> None:  # noqa: F811
+    db = _copy_warehouse(trained_model, tmp_path)
+    card = _card_file(trained_model, tmp_path)
+    result = _invoke("predict", str(card), "--models-dir", str(trained_model.models_dir), "--db", str(db))
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert len(records) == len(json.loads(card.read_text())["horses"])
+    assert sum(r["win_prob_base"] for r in records) == pytest.approx(1.0)
+    assert {r["model_version"] for r in records} == {trained_model.version}
+
+
+def test_predict_names_the_invalid_field(trained_model: TrainedModel, tmp_path: Path) -> None:  # noqa: F811
+    card = _card_file(trained_model, tmp_path)
+    data = json.loads(card.read_text())
+    data["horses"][1]["weight"] = 20
+    card.write_text(json.dumps(data))
+    result = _invoke("predict", str(card), "--models-dir", str(trained_model.models_dir), "--db", str(tmp_path / "x"))
+    assert "horses[1].weight" in str(result.exception)
+
+
+def test_qual_import_then_fuse_a_card_with_the_model(trained_model: TrainedModel, tmp_path: Path) -> None:  # noqa: F811
+    db = _copy_warehouse(trained_model, tmp_path)
+    card = _card_file(trained_model, tmp_path)
+    data = json.loads(card.read_text())
+    qual = [
+        {
+            "race_id": data["race_id"], "horse_id": h["horse_id"], "horse_name": h["horse_name"],
+            "lr_form_fitness": 2.0 if i == 0 else 1.0, "lr_conditions": 1.0, "lr_tactics": 1.0, "lr_context": 1.0,
+            "lr_product": 2.0 if i == 0 else 1.0, "key_strengths": [], "key_concerns": [],
+            "race_narrative": "A test narrative about pace, draw and conditions, long enough to pass the schema: "
+            "the leaders are drawn wide and the rail should favour horses settling midfield on good turf.",
+            "qualitative_confidence": 0.5, "model_chain": "test", "prediction_timestamp": "2020-01-01T00:00:00Z",
+        }
+        for i, h in enumerate(data["horses"])
+    ]
+    qual_file = tmp_path / "qual.json"
+    qual_file.write_text(json.dumps(qual))
+    imported = _invoke("qual", "import", str(qual_file), "--db", str(db), "--json")
+    assert imported.exit_code == 0, imported.output
+    result = _invoke(
+        "fuse", str(card), "--qual", str(qual_file), "--models-dir", str(trained_model.models_dir), "--db", str(db)
+    )
+    assert result.exit_code == 0, result.output
+    fused = json.loads(result.stdout)
+    assert sum(r["win_prob_final"] for r in fused) == pytest.approx(1.0)
+    assert fused[0]["win_prob_final"] > fused[0]["win_prob_base"]
+    assert all(r["win_prob_final"] < r["win_prob_base"] for r in fused[1:])

@@ -340,6 +340,9 @@ def train(
     ] = None,
     version: Annotated[str | None, typer.Option("--version", help="Version name [default: a UTC timestamp].")] = None,
     models_dir: ModelsDirOption = None,
+    n_estimators: Annotated[int, typer.Option("--n-estimators", help="Most boosting rounds per booster.")] = 300,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Boosting learning rate.")] = 0.05,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads per booster.")] = 2,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -360,7 +363,9 @@ def train(
         frame = training_frame(conn, cutoff)
     if frame.empty:
         raise RacequantError(f"No races to train on{f' before {cutoff}' if cutoff else ''} in {settings.db}.")
-    path, pipeline = _train_with_progress(frame, cutoff, directory, version)
+    path, pipeline = _train_with_progress(
+        frame, cutoff, directory, version, n_estimators=n_estimators, learning_rate=learning_rate, n_jobs=n_jobs
+    )
     summary = {
         "version": path.name,
         "path": str(path),
@@ -520,7 +525,8 @@ def demo(
     from racequant.models.training import training_frame
 
     days = sorted(results.races["date"].unique())
-    cut = pd.Timestamp(days[-DEMO_HELD_OUT_DAYS]).date() if len(days) > 2 * DEMO_HELD_OUT_DAYS else None
+    held_out_days = min(DEMO_HELD_OUT_DAYS, max(len(days) // 5, 1))  # a short history keeps 4/5 for training
+    cut = pd.Timestamp(days[-held_out_days]).date()
     models_dir = out / "models"
     if (models_dir / "demo").exists():
         shutil.rmtree(models_dir / "demo")
@@ -543,7 +549,7 @@ def demo(
     predictor = Predictor.load(models_dir, "demo")
     declared = results.runners[results.runners["status"].astype(str) != "withdrawn"]
     sizes = declared.groupby("race_id", sort=False).size()
-    held = results.races[results.races["date"] >= pd.Timestamp(cut or days[-1])]
+    held = results.races[results.races["date"] >= pd.Timestamp(cut)]
     race_id = next((r for r in held["race_id"] if sizes.get(r, 0) >= 10), str(held["race_id"].iloc[0]))
     race_card = card_from_results(
         results.races[results.races["race_id"] == race_id].iloc[0].to_dict(),
