@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,12 @@ def bare_prediction_ms(args: argparse.Namespace, template: dict[str, Any] | None
     """Median in-process time of one predict(card) call, no HTTP, no log."""
     from racequant.serve.schemas import RaceRequest
 
+    resources = ExitStack()
     if args.models_dir:
         from racequant.serve.components import load_predictor
         from racequant.settings import Settings
 
-        predictor: Any = load_predictor(Settings(db=args.db, models_dir=args.models_dir))
+        predictor: Any = load_predictor(Settings(db=args.db, models_dir=args.models_dir), resources)
     else:
         from racequant.serve.predictor import MarketPredictor
 
@@ -126,6 +128,7 @@ def bare_prediction_ms(args: argparse.Namespace, template: dict[str, Any] | None
         t = time.perf_counter()
         predictor.predict(request, None)
         times.append(time.perf_counter() - t)
+    resources.close()
     return statistics.median(times) * 1000
 
 

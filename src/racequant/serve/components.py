@@ -24,11 +24,11 @@ logger = logging.getLogger(__name__)
 MARKET_BASELINE = "market-baseline"
 
 
-def load_predictor(settings: Settings, resources: ExitStack | None = None) -> Predictor:
+def load_predictor(settings: Settings, resources: ExitStack) -> Predictor:
     """The registry version ``settings.model_version`` (latest by default) attached to the warehouse, read-only.
 
     ``RACEQUANT_MODEL_VERSION=market-baseline`` serves the odds-only stand-in instead (no warehouse, no model).
-    The warehouse connection is closed with ``resources``.
+    The warehouse connection stays open until ``resources`` is closed.
     """
     if settings.model_version == MARKET_BASELINE:
         logger.warning("serving the market-baseline stand-in predictor, not a trained model")
@@ -37,8 +37,7 @@ def load_predictor(settings: Settings, resources: ExitStack | None = None) -> Pr
     from racequant.warehouse import connect_read_only
 
     predictor = RegistryPredictor.load(settings.models_dir, settings.model_version)
-    stack = resources if resources is not None else ExitStack()
-    conn = stack.enter_context(connect_read_only(settings.db))
+    conn = resources.enter_context(connect_read_only(settings.db))
     return predictor.attach(conn)
 
 
