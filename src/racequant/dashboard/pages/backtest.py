@@ -1,0 +1,3 @@
+from racequant.dashboard.views.backtest import render
+
+render()

@@ -1,0 +1,3 @@
+from racequant.dashboard.views.models import render
+
+render()

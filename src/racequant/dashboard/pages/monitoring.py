@@ -1,0 +1,3 @@
+from racequant.dashboard.views.monitoring import render
+
+render()

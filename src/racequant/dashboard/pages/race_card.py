@@ -1,0 +1,3 @@
+from racequant.dashboard.views.race_card import render
+
+render()
