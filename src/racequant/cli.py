@@ -598,6 +598,40 @@ def demo(
     console.print(
         f"            {_command_name()} predict examples/card_warehouse_race.json --db {db} --models-dir {models_dir}"
     )
+    console.print(
+        f"Dashboard:  {_command_name()} dashboard --db {db} --models-dir {models_dir}   (then open http://localhost:8501)"
+    )
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option("--port", help="Port the dashboard listens on.")] = 8501,
+    host: Annotated[str, typer.Option("--host", help="Address the dashboard listens on.")] = "localhost",
+    models_dir: ModelsDirOption = None,
+    db: DbOption = None,
+) -> None:
+    """The Streamlit dashboard (race cards, backtests, monitoring, models), reading the warehouse read-only."""
+    import os
+    import subprocess
+
+    from racequant.dashboard import APP_PATH
+
+    settings = _settings(db)
+    env = {
+        **os.environ,
+        "RACEQUANT_DB": str(Path(settings.db).resolve()),
+        "RACEQUANT_MODELS_DIR": str(Path(models_dir or settings.models_dir).resolve()),
+    }
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(port),
+        "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]
+    err_console.print(f"Dashboard on http://{host}:{port} (warehouse {env['RACEQUANT_DB']}, "
+                      f"models {env['RACEQUANT_MODELS_DIR']}); Ctrl+C stops it.")
+    try:
+        raise typer.Exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def main() -> None:
