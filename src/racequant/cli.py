@@ -31,6 +31,8 @@ features_app = typer.Typer(help="Point-in-time features per runner.", no_args_is
 app.add_typer(features_app, name="features")
 qual_app = typer.Typer(help="Qualitative likelihood ratios (analysts, LLM chains).", no_args_is_help=True)
 app.add_typer(qual_app, name="qual")
+monitor_app = typer.Typer(help="Monitoring of served predictions: daily metrics, drift, alerts.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -471,6 +473,92 @@ def fuse(
                 quantitative=lambda c: predictor.predict_card(conn, c, when),
             )
     _print_json(fused)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on [default: 8001].")] = None,
+    db: DbOption = None,
+    models_dir: Annotated[Path | None, typer.Option("--models-dir", help="Model registry folder.")] = None,
+) -> None:
+    """Serve the API (FastAPI + uvicorn); every prediction is logged before it is answered."""
+    from racequant.serve import run_server
+
+    settings = _settings(db)
+    if models_dir is not None:
+        settings = settings.model_copy(update={"models_dir": models_dir})
+    err_console.print(
+        f"Serving on http://{host or settings.host}:{port or settings.port} (warehouse {settings.db}, "
+        f"prediction log {settings.predlog_path()}); docs at /docs"
+    )
+    run_server(settings, host=host, port=port)
+
+
+@monitor_app.command("daily")
+def monitor_daily(
+    day: Annotated[str, typer.Option("--date", help="UTC day, YYYY-MM-DD.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute and store one day's metrics of the served predictions (n, AUC, Brier, ECE, latency)."""
+    from racequant.monitor import daily_metrics
+
+    settings = _settings(db)
+    _parse_date(day, "--date")
+    metrics = daily_metrics(settings.predlog_path(), day, store=True)
+    if as_json:
+        _print_json(metrics)
+        return
+    table = Table("metric", "value")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Last day counted, YYYY-MM-DD [default: today].")] = None,
+    db: DbOption = None,
+) -> None:
+    """Performance, calibration, feature and interval-coverage drift of the served predictions (always JSON)."""
+    from racequant.monitor import drift
+
+    settings = _settings(db)
+    _parse_date(as_of, "--as-of")
+    report = drift(
+        settings.predlog_path(),
+        as_of=as_of,
+        recent_days=settings.drift_recent_days,
+        auc_drop=settings.drift_auc_drop,
+        ece_max=settings.drift_ece_max,
+        psi_max=settings.drift_psi_max,
+        coverage_target=settings.interval_coverage_target,
+        coverage_tolerance=settings.interval_coverage_tolerance,
+    )
+    _print_json(report)  # the report is nested; JSON is its plain form too
+
+
+@monitor_app.command("alerts")
+def monitor_alerts(
+    day: Annotated[str | None, typer.Option("--date", help="UTC day, YYYY-MM-DD [default: today].")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the day's metrics and drift, send the alerts they call for (webhook, else the log)."""
+    from racequant.monitor import check_and_alert
+
+    settings = _settings(db)
+    _parse_date(day, "--date")
+    alerts = check_and_alert(settings.predlog_path(), settings, day=day)
+    if as_json:
+        _print_json(alerts)
+    elif not alerts:
+        console.print("No alerts.")
+    else:
+        for alert in alerts:
+            delivered = "sent" if alert.get("delivered") else "logged only"
+            console.print(f"[bold red]{alert['kind']}[/] ({delivered}): {alert['message']}")
 
 
 @app.command()
