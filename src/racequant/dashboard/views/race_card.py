@@ -150,7 +150,8 @@ def _pick_stored_race(db: Path) -> tuple[Any, pd.DataFrame | None] | None:
         f"{row.race_class}, {row.runners} runners"
         for row in on_track.itertuples()
     }
-    race_id = c3.selectbox("Race number", list(labels), format_func=labels.get, key="race_id")
+    by_label = {label: race_id for race_id, label in labels.items()}
+    race_id = by_label[c3.selectbox("Race number", list(by_label), key="race_no")]
     with warehouse(db) as conn:
         stored = stored_race(conn, race_id)
         results = race_results(conn, race_id)
