@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo "chromium unavailable: the dashboard e2e test will skip"
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
