@@ -199,9 +199,10 @@ def _step_names() -> list[str]:
     return [name for name, _sql in _pipeline("races", "runners", "horses", "")]
 
 
-def _cleanup(conn: duckdb.DuckDBPyConnection, extra: Iterable[str] = ()) -> None:
+def _cleanup(conn: duckdb.DuckDBPyConnection, extra: Iterable[str] = (), keep: str | None = None) -> None:
     for name in (*_step_names(), *extra):
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        if name != keep:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def _execute_steps(
@@ -264,9 +265,13 @@ def build_features(
     restore = _limit_memory(conn, memory_limit) if memory_limit else {}
     try:
         _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
-        out = conn.execute("SELECT * FROM _fx_out").df()
         if save_card_state and race_ids is None:
             _save_card_state(conn)
+        # free the intermediate relations before the result is copied out (peak memory of large builds)
+        _cleanup(conn, keep="_fx_out")
+        out = conn.sql("SELECT * FROM _fx_out").to_arrow_table().to_pandas(
+            self_destruct=True, split_blocks=True, date_as_object=False
+        )
     except duckdb.Error as exc:
         raise FeatureBuildError(f"The feature build failed: {exc}") from exc
     finally:
@@ -276,6 +281,7 @@ def build_features(
         if race_ids is not None:
             conn.unregister("_fx_wanted")
     out["race_seq"] = out["race_seq"].astype("int64")
+    out["race_date"] = out["race_date"].astype("datetime64[us]")  # as DuckDB's own .df() gives it
     logger.info("Built %d feature rows in %.2f s", len(out), time.perf_counter() - started)
     return out
 
