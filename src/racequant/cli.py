@@ -713,6 +713,7 @@ def dashboard(
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(port),
         "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
     ]
     err_console.print(f"Dashboard on http://{host}:{port} (warehouse {env['RACEQUANT_DB']}, "
                       f"models {env['RACEQUANT_MODELS_DIR']}); Ctrl+C stops it.")
