@@ -1,6 +1,10 @@
 """Benchmark of the models beside the market on Hong Kong 1997-2005.
 
-    python benchmarks/bench_models.py [--objective binary|rank|softmax] [--n-estimators 1000] [--json OUT]
+    python benchmarks/bench_models.py [--objective binary|rank|softmax] [--n-estimators N] [--learning-rate LR]
+                                      [--min-group-size N] [--json OUT]
+
+Without options the pipeline runs with its defaults (the configuration chosen on pre-2004 validation races,
+see docs/models.md); each option overrides one default.
 
 Trains the pipeline on races before 2004-01-01 (wall time of the whole fit, six boosters included) and
 scores the 1,260 races from 2004-01-01: winner log loss per race, pseudo-R2, runner AUC, Brier, ECE (10
@@ -11,6 +15,7 @@ the coverage of the 90% intervals per calibration group on those held-out races.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -76,11 +81,33 @@ def interval_coverage(out: pd.DataFrame, outcome: np.ndarray, name: str, bins: i
     return rows
 
 
+def machine() -> dict[str, object]:
+    """nproc, CPU model, RAM, load average and date, for the benchmark record."""
+    cpu = platform.processor() or platform.machine()
+    ram_gb = None
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        meminfo = Path("/proc/meminfo").read_text().split()
+        ram_gb = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": ram_gb,
+        "load_average": [round(x, 2) for x in load] if load else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--objective", default="binary", choices=["binary", "rank", "softmax"])
-    parser.add_argument("--n-estimators", type=int, default=1000)
-    parser.add_argument("--learning-rate", type=float, default=0.03)
+    parser.add_argument("--objective", default=None, choices=["binary", "rank", "softmax"])
+    parser.add_argument("--n-estimators", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--min-group-size", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -96,16 +123,20 @@ def main() -> None:
     )
     train = frame[frame["race_date"] < SPLIT]
     test = frame[frame["race_date"] >= SPLIT].copy()
+    overrides = {
+        "win_objective": args.objective,
+        "n_estimators": args.n_estimators,
+        "learning_rate": args.learning_rate,
+        "min_group_size": args.min_group_size,
+    }
     pipe = RacePipeline(
-        win_objective=args.objective,
-        n_estimators=args.n_estimators,
-        learning_rate=args.learning_rate,
-        early_stopping_rounds=100,
-        feature_manifest_hash=feature_version(),
+        feature_manifest_hash=feature_version(), **{k: v for k, v in overrides.items() if v is not None}
     )
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     pipe.fit(train, columns, progress=lambda m: print(f"  [{time.perf_counter() - t0:6.1f} s] {m}"))
     fit_seconds = time.perf_counter() - t0
+    # CPU seconds of this process (all its threads): on 2 otherwise idle cores the fit takes about cpu / 2
+    fit_cpu_seconds = time.process_time() - cpu0
     out = pipe.predict(test)
     won = (test["finish_position"] == 1).to_numpy()
     placed = placed_from_positions(test["finish_position"].to_numpy(dtype=float), test["race_id"].to_numpy())
@@ -124,15 +155,20 @@ def main() -> None:
         table[label] = M.benchmark_metrics(race, p, won, pp, placed if pp is not None else None)
     result = {
         "races": int(test["race_id"].nunique()),
-        "objective": args.objective,
+        "params": {k: getattr(pipe, k) for k in inspect.signature(RacePipeline).parameters},
         "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": fit_cpu_seconds,
         "metrics": table,
         "validation": pipe.validation_metrics_,
         "training_window": pipe.training_window_,
         "coverage": interval_coverage(out, won, "win") + interval_coverage(out, placed, "place"),
-        "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
     }
-    print(f"\nHK 2004-2005: {result['races']} races; pipeline fit {fit_seconds:.1f} s ({args.objective})")
+    print(
+        f"\nHK 2004-2005: {result['races']} races; pipeline fit {fit_seconds:.1f} s wall, "
+        f"{fit_cpu_seconds:.1f} s CPU; {result['machine']}"
+    )
+    print(json.dumps(result["params"], default=str))
     print(pd.DataFrame(table).T.round(4).to_string())
     print(pd.DataFrame(result["coverage"]).round(3).to_string(index=False))
     print(

@@ -11,9 +11,10 @@ import pytest
 from racequant.calibration.isotonic import CalibrationOrderError
 from racequant.calibration.lifecycle import NotFittedError
 from racequant.models.boosters import GradientBooster
+from racequant.models.ensemble import LogLinearPool
 from racequant.models.pipeline import FeatureContractError, RacePipeline
 from racequant.models.place import n_places
-from racequant.models.race import RaceSoftmax, race_codes
+from racequant.models.race import RaceSoftmax, race_codes, race_softmax
 from racequant.models.synthetic import make_synthetic_runners
 
 FEATURES = [f"f{j}" for j in range(8)] + ["going"]
@@ -118,3 +119,24 @@ def test_ranking_objectives_train_and_score(library: str, objective: str, histor
     scores = booster.decision_function(test[FEATURES])
     assert np.isfinite(scores).all() and scores.std() > 0
     assert booster.contributions(test[FEATURES].head(5)).shape == (5, len(FEATURES))
+
+
+def test_blend_weights_undo_a_sharpened_model_and_ignore_noise() -> None:
+    frame = make_synthetic_runners(1500, seed=3)
+    codes, n_races = race_codes(frame["race_id"].to_numpy())
+    true_p = frame["true_win_prob"].to_numpy()
+    sharp = race_softmax(2.0 * np.log(true_p), codes, n_races)
+    noise = race_softmax(np.random.default_rng(0).normal(size=len(frame)), codes, n_races)
+    pool = LogLinearPool(names=["sharp", "noise"]).fit([sharp, noise], frame["won"], frame["race_id"])
+    assert pool.weights_[0] == pytest.approx(0.5, abs=0.1)
+    assert abs(pool.weights_[1]) < 0.1
+    blended = pool.predict_proba([sharp, noise], frame["race_id"])
+    np.testing.assert_allclose(np.bincount(codes, weights=blended, minlength=n_races), 1.0, atol=1e-9)
+
+
+def test_a_win_objective_per_library_must_name_every_library(history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    train, _ = history
+    with pytest.raises(ValueError, match=re.escape("The 'win_objective' parameter of RacePipeline must be one of")):
+        RacePipeline(win_objective={"lightgbm": "softmax"}).fit(train, FEATURES)
+    with pytest.raises(ValueError, match=re.escape("The 'win_objective' parameter of RacePipeline must be one of")):
+        RacePipeline(win_objective="lambdarank").fit(train, FEATURES)

@@ -58,7 +58,7 @@ class GroupProbabilityIntervals:
         confidence: float = 0.9,
         method: str = "bootstrap",
         n_bootstrap: int = 100,
-        min_group_size: int = 3000,
+        min_group_size: int = 2000,
         min_own_band_size: int = 300,
         grid_size: int = 200,
         random_state: int = 0,

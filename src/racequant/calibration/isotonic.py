@@ -75,7 +75,7 @@ class GroupIsotonicCalibrator:
     on or before the last calibration race.
     """
 
-    def __init__(self, min_group_size: int = 3000, prior_strength: float = 200.0) -> None:
+    def __init__(self, min_group_size: int = 2000, prior_strength: float = 200.0) -> None:
         self.min_group_size = min_group_size
         self.prior_strength = prior_strength
 

@@ -15,7 +15,7 @@ features behind each runner's score. The market is never an input.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from racequant.calibration.intervals import GroupProbabilityIntervals
 from racequant.calibration.isotonic import GroupIsotonicCalibrator
 from racequant.calibration.lifecycle import method_order_error
 from racequant.errors import RacequantError
-from racequant.models.boosters import LIBRARIES, GradientBooster
+from racequant.models.boosters import LIBRARIES, OBJECTIVES, GradientBooster
 from racequant.models.ensemble import LogLinearPool
 from racequant.models.place import DiscountedHarville, n_places, placed_from_positions
 from racequant.models.race import RaceSoftmax, normalise_in_race, race_codes
@@ -34,6 +34,16 @@ from racequant.models.race import RaceSoftmax, normalise_in_race, race_codes
 logger = logging.getLogger(__name__)
 
 _MARKET_HINTS = ("market", "odds", "overround", "dividend")
+
+# Chosen on pre-2004 races only (train to 2002-01-09, early stopping and temperatures on 2002, scored on 2003;
+# docs/models.md): the conditional logit (softmax) for LightGBM and XGBoost, regularised (depth 4, larger leaves,
+# stronger L2); CatBoost's own QuerySoftMax measured worse than its binary logloss, so CatBoost stays binary.
+DEFAULT_WIN_OBJECTIVE = {"catboost": "binary", "lightgbm": "softmax", "xgboost": "softmax"}
+DEFAULT_BOOSTER_PARAMS: dict[str, dict[str, Any]] = {
+    "catboost": {},
+    "lightgbm": {"min_data_in_leaf": 200, "lambda_l2": 10.0},
+    "xgboost": {"min_child_weight": 5.0, "lambda": 10.0},
+}
 
 
 class FeatureContractError(RacequantError):
@@ -96,15 +106,15 @@ class RacePipeline:
     def __init__(
         self,
         libraries: Sequence[str] = LIBRARIES,
-        win_objective: str = "binary",
-        n_estimators: int = 300,
+        win_objective: str | Mapping[str, str] | None = None,
+        n_estimators: int = 1000,
         learning_rate: float = 0.05,
-        max_depth: int = 6,
-        early_stopping_rounds: int = 50,
+        max_depth: int = 4,
+        early_stopping_rounds: int = 100,
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.15,
         calibration_group: str | None = "track",
-        min_group_size: int = 3000,
+        min_group_size: int = 2000,
         interval_confidence: float = 0.9,
         interval_method: str = "bootstrap",
         n_bootstrap: int = 100,
@@ -154,12 +164,29 @@ class RacePipeline:
                 "The 'place_method' parameter of RacePipeline must be one of ('auto', 'harville', 'direct'). "
                 f"Got {self.place_method!r} instead."
             )
+        objective = self._objectives()
+        if any(o not in OBJECTIVES for o in objective.values()) or not set(self.libraries) <= set(objective):
+            raise ValueError(
+                f"The 'win_objective' parameter of RacePipeline must be one of {OBJECTIVES} or a mapping from each "
+                f"library to one of them. Got {self.win_objective!r} instead."
+            )
         unknown = [lib for lib in self.libraries if lib not in LIBRARIES]
         if unknown or not self.libraries:
             raise ValueError(
                 f"The 'libraries' parameter of RacePipeline must be a non-empty subset of {LIBRARIES}. "
                 f"Got {list(self.libraries)!r} instead."
             )
+
+    def _objectives(self) -> dict[str, str]:
+        """Win objective per library: the default mapping, one objective for all, or the mapping given."""
+        if self.win_objective is None:
+            return dict(DEFAULT_WIN_OBJECTIVE)
+        if isinstance(self.win_objective, Mapping):
+            return {str(k): str(v) for k, v in self.win_objective.items()}
+        return dict.fromkeys(LIBRARIES, str(self.win_objective))
+
+    def _win_objective(self, library: str) -> str:
+        return self._objectives()[library]
 
     def _booster(self, library: str, objective: str) -> GradientBooster:
         return GradientBooster(
@@ -171,7 +198,7 @@ class RacePipeline:
             early_stopping_rounds=self.early_stopping_rounds,
             random_state=self.random_state,
             n_jobs=self.n_jobs,
-            params=(self.booster_params or {}).get(library),
+            params=(DEFAULT_BOOSTER_PARAMS if self.booster_params is None else self.booster_params).get(library),
         )
 
     def _groups(self, frame: pd.DataFrame) -> np.ndarray | None:
@@ -234,7 +261,7 @@ class RacePipeline:
         self.place_boosters_: dict[str, GradientBooster] = {}
         for lib in self.libraries:
             for target, y, store, objective in (
-                ("win", won, self.win_boosters_, self.win_objective),
+                ("win", won, self.win_boosters_, self._win_objective(lib)),
                 ("place", placed, self.place_boosters_, "binary"),
             ):
                 say(f"training {lib} {target} booster ({objective})")
@@ -383,7 +410,7 @@ class RacePipeline:
         X = frame[self.feature_columns_]
         total = np.zeros((len(frame), len(self.feature_columns_)))
         for weight, (lib, booster) in zip(self.blend_.weights_, self.win_boosters_.items(), strict=True):
-            if weight > 0:
+            if weight != 0:
                 total += weight / self.softmax_[lib].temperature_ * booster.contributions(X)
         return total
 
