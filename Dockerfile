@@ -33,4 +33,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${RACEQUANT_PORT}/api/v1/model/status" || exit 1
 
 # the API; docker-compose.yml runs the dashboard from the same image with another command
-CMD ["python", "-c", "from racequant.serve.app import run_server; run_server()"]
+CMD ["racequant", "serve"]
