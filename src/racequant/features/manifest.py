@@ -70,9 +70,15 @@ def feature_names(*, include_market: bool = True) -> list[str]:
     return [s.name for s in specs]
 
 
+_VERSION: dict[str, str] = {}
+
+
 def feature_version() -> str:
     """A stable short hash of the manifest and the SQL revision."""
+    if "version" in _VERSION:
+        return _VERSION["version"]
     payload = json.dumps(
         {"sql_revision": SQL_REVISION, "specs": [s.as_dict() for s in all_specs()]}, sort_keys=True
     ).encode()
-    return "f" + hashlib.sha256(payload).hexdigest()[:12]
+    _VERSION["version"] = "f" + hashlib.sha256(payload).hexdigest()[:12]
+    return _VERSION["version"]

@@ -49,8 +49,10 @@ def _term(w: str, n: str) -> str:
     return f"coalesce(CAST({ratio} AS DECIMAL(38, 12)), 0)"
 
 
-def steps(mom_aggs: str = "_fx_moma") -> list[tuple[str, str]]:
-    """_fx_moma: per race and group, the change of the moment sums; _fx_mom: m per target race and group."""
+def steps(mom_aggs: str = "_fx_moma", mom_cum: str = "_fx_momc") -> list[tuple[str, str]]:
+    """_fx_moma: per race and group, the change of the moment sums; _fx_momc: their running totals over
+    ``mom_aggs``; _fx_mom: m per target race and group, from the last running total (of ``mom_cum``) before it.
+    """
     parts = []
     for g in fitted_groups():
         n_b = "CAST(coalesce(n_b, 0) AS BIGINT)"
@@ -78,11 +80,13 @@ def steps(mom_aggs: str = "_fx_moma") -> list[tuple[str, str]]:
                 THEN {m_default} WHEN {tau2} <= 0 THEN {M_MAX}
                 ELSE least(greatest({p} * (1 - {p}) / {tau2} - 1, {M_MIN}), {M_MAX}) END AS m_{g}_{what}""")
     # totals up to and including each race with changes; a target race takes the last one strictly before it
-    mom = f"""
-    WITH wide AS (SELECT race_seq, {", ".join(wide)} FROM {mom_aggs} GROUP BY race_seq),
-    cum AS (SELECT race_seq, {", ".join(cum)} FROM wide WINDOW w AS (ORDER BY race_seq ROWS UNBOUNDED PRECEDING)),
-    t AS (SELECT race_seq FROM _fx_race WHERE race_id IN (SELECT race_id FROM _fx_tgt))
-    SELECT t.race_seq, {", ".join(fitted)}
-    FROM t ASOF LEFT JOIN cum c ON t.race_seq > c.race_seq
+    momc = f"""
+    WITH wide AS (SELECT race_seq, {", ".join(wide)} FROM {mom_aggs} GROUP BY race_seq)
+    SELECT race_seq, {", ".join(cum)} FROM wide WINDOW w AS (ORDER BY race_seq ROWS UNBOUNDED PRECEDING)
     """
-    return [("_fx_moma", moma), ("_fx_mom", mom)]
+    mom = f"""
+    WITH t AS (SELECT race_seq FROM _fx_race WHERE race_id IN (SELECT race_id FROM _fx_tgt))
+    SELECT t.race_seq, {", ".join(fitted)}
+    FROM t ASOF LEFT JOIN {mom_cum} c ON t.race_seq > c.race_seq
+    """
+    return [("_fx_moma", moma), ("_fx_momc", momc), ("_fx_mom", mom)]
