@@ -230,3 +230,14 @@ def test_invalid_betting_choice_is_refused() -> None:
     )
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         BettingConfig(probabilities="market")  # type: ignore[arg-type]
+
+
+def test_a_race_whose_book_is_under_one_is_missing_runners_and_is_neither_scored_nor_bet() -> None:
+    from racequant.backtest.engine import add_market
+
+    pred = pd.DataFrame(
+        {"race_id": ["A"] * 3 + ["B"] * 3, "win_odds": [2.0, 3.0, 4.0, 3.0, 5.0, 9.0]}  # books 1.083 and 0.644
+    )
+    out = add_market(pred)
+    assert out.groupby("race_id")["market_ok"].all().to_dict() == {"A": True, "B": False}
+    assert out.loc[out["race_id"] == "B", "market_prob"].isna().all()

@@ -263,15 +263,18 @@ def _map_folds(
 # -- market and second stage --------------------------------------------------------------------------
 
 
-def add_market(pred: pd.DataFrame) -> pd.DataFrame:
-    """market_prob = (1/odds) / sum over the race of 1/odds; market_ok where every runner of the race is priced."""
+def add_market(pred: pd.DataFrame, min_overround: float = 1.0) -> pd.DataFrame:
+    """market_prob = (1/odds) / sum over the race of 1/odds; market_ok where every runner of the race is priced
+    and sum(1/odds) >= ``min_overround``. A pari-mutuel pool that takes its cut cannot have a book under 1: such
+    a race is missing runners in the data (its odds-implied chances and the model's are both wrong), so it is
+    neither scored for the market nor bet on."""
     odds = pred["win_odds"].to_numpy(dtype=float)
     priced = np.isfinite(odds) & (odds > 1.0)
     q = np.where(priced, 1.0 / np.where(priced, odds, 1.0), 0.0)
     codes, n_races = race_codes(pred["race_id"].to_numpy())
     total = np.bincount(codes, weights=q, minlength=n_races)
     all_priced = np.bincount(codes, weights=(~priced).astype(float), minlength=n_races) == 0
-    pred["market_ok"] = all_priced[codes]
+    pred["market_ok"] = (all_priced & (total >= min_overround))[codes]
     pred["market_prob"] = np.where(pred["market_ok"], q / np.where(total > 0, total, 1.0)[codes], np.nan)
     pred["overround"] = total[codes]
     return pred
@@ -338,6 +341,7 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
     )
     codes, n_races = race_codes(race)  # in start order, since pred is sorted
     bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
+    market_ok = pred["market_ok"].to_numpy()
     staking = betting.staking
     # what one unit staked returns (stake included): independent of the stake, so settled once
     win_payout = settle_win(np.ones(len(pred)), win_odds, pos, race, status)
@@ -355,7 +359,7 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
                 lo, hi = bounds[r], bounds[r + 1]
                 sl = slice(lo, hi)
                 active = np.isfinite(p_win[sl])  # combined only where the second stage applied
-                if not active.any():
+                if not active.any() or not market_ok[lo]:
                     curve[r] = bank
                     continue
                 if kind == "win":
@@ -380,7 +384,7 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
         order = np.lexsort((-score, codes))
         first = order[np.r_[True, codes[order][1:] != codes[order][:-1]]]
         stake = np.zeros(len(pred))
-        stake[first] = np.where(np.isfinite(win_odds[first]), 1.0, 0.0)
+        stake[first] = np.where(np.isfinite(win_odds[first]) & market_ok[first], 1.0, 0.0)
         pred[f"stake_flat_{name}"] = stake
         pred[f"return_flat_{name}"] = settle_win(stake, win_odds, pos, race, status)
     first_rows = bounds[:-1]
@@ -392,6 +396,51 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
 
 
 # -- the run ------------------------------------------------------------------------------------------
+
+
+def evaluate_fold_predictions(
+    frame: pd.DataFrame,
+    raw: pd.DataFrame,
+    folds: list[Fold],
+    fold_info: list[dict[str, Any]],
+    *,
+    betting: BettingConfig,
+    second_stage_min_races: int = 200,
+    n_bootstrap: int = 1000,
+    random_state: int = 0,
+    min_overround: float = 1.0,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Everything after the folds: outcomes, market, second stage, bets and metrics, from the folds' raw test
+    predictions (race_id, horse_id, fold, win_prob, place_prob, ...). Deterministic; runs in the client."""
+    pred = raw.copy()
+    keep = [c for c in (*_KEYS, "finish_position", "win_odds", "place_odds", "true_win_prob") if c in frame.columns]
+    pred = pred.merge(frame[keep], on=["race_id", "horse_id"], how="left", validate="one_to_one")
+    pred["won"] = (pred["finish_position"].to_numpy(dtype=float) == 1).astype(np.int8)
+    pred["placed"] = placed_from_positions(pred["finish_position"].to_numpy(dtype=float), pred["race_id"].to_numpy())
+    pred = add_market(pred, min_overround)
+    coefs = add_second_stage(pred, folds, "win_prob", second_stage_min_races)
+    pred, bankroll = add_bets(pred, betting)
+
+    source = betting.probabilities
+    metrics: dict[str, Any] = BM.all_metrics(pred, source=source, n_boot=n_bootstrap, seed=random_state)
+    metrics["n_races_incomplete_market"] = int(pred.loc[~pred["market_ok"], "race_id"].nunique())
+    fitted = [c for c in coefs if c["a"] is not None]
+    metrics["second_stage"] = {
+        "a_last": fitted[-1]["a"] if fitted else None,
+        "b_last": fitted[-1]["b"] if fitted else None,
+        "a_mean": float(np.mean([c["a"] for c in fitted])) if fitted else None,
+        "b_mean": float(np.mean([c["b"] for c in fitted])) if fitted else None,
+        "per_fold": coefs,
+    }
+    metrics["by_fold"] = BM.grouped_metrics(pred, "fold", source=source, n_boot=200, seed=random_state)
+    metrics["by_track"] = BM.grouped_metrics(pred, "track", source=source, n_boot=200, seed=random_state)
+    metrics["by_class"] = BM.grouped_metrics(pred, "race_class", source=source, n_boot=200, seed=random_state)
+    metrics["roi_by_odds_band"] = BM.roi_by_odds_band(pred, source)
+    metrics["reliability"] = BM.reliability(pred)
+    for info, coef in zip(fold_info, coefs, strict=True):
+        info.update({k: v for k, v in coef.items() if k != "fold"})
+    metrics["folds"] = fold_info
+    return pred, bankroll, metrics
 
 
 def _check_fractions(estimator: Any, splitter: WalkForwardSplit) -> None:
@@ -430,6 +479,7 @@ def run_backtest(
     second_stage_min_races: int = 200,
     n_bootstrap: int = 1000,
     random_state: int = 0,
+    min_overround: float = 1.0,
 ) -> BacktestResult:
     """Walk forward over ``splitter``'s folds; see the module docstring. ``workers``/``scheduler`` None: serial."""
     started = time.perf_counter()
@@ -455,35 +505,18 @@ def run_backtest(
     )
     outputs = _map_folds(frame, pipeline_factory_or_estimator, folds, columns, workers, scheduler, progress)
 
-    pred = pd.concat([o["predictions"] for o in outputs], ignore_index=True)
-    keep = [c for c in (*_KEYS, "finish_position", "win_odds", "place_odds", "true_win_prob") if c in frame.columns]
-    pred = pred.merge(frame[keep], on=["race_id", "horse_id"], how="left", validate="one_to_one")
-    pred["won"] = (pred["finish_position"].to_numpy(dtype=float) == 1).astype(np.int8)
-    pred["placed"] = placed_from_positions(pred["finish_position"].to_numpy(dtype=float), pred["race_id"].to_numpy())
-    pred = add_market(pred)
-    model_col = "win_prob"
-    coefs = add_second_stage(pred, folds, model_col, second_stage_min_races)
-    pred, bankroll = add_bets(pred, betting)
-
-    source = betting.probabilities
-    metrics: dict[str, Any] = BM.all_metrics(pred, source=source, n_boot=n_bootstrap, seed=random_state)
-    fitted = [c for c in coefs if c["a"] is not None]
-    metrics["second_stage"] = {
-        "a_last": fitted[-1]["a"] if fitted else None,
-        "b_last": fitted[-1]["b"] if fitted else None,
-        "a_mean": float(np.mean([c["a"] for c in fitted])) if fitted else None,
-        "b_mean": float(np.mean([c["b"] for c in fitted])) if fitted else None,
-        "per_fold": coefs,
-    }
-    metrics["by_fold"] = BM.grouped_metrics(pred, "fold", source=source, n_boot=200, seed=random_state)
-    metrics["by_track"] = BM.grouped_metrics(pred, "track", source=source, n_boot=200, seed=random_state)
-    metrics["by_class"] = BM.grouped_metrics(pred, "race_class", source=source, n_boot=200, seed=random_state)
-    metrics["roi_by_odds_band"] = BM.roi_by_odds_band(pred, source)
-    metrics["reliability"] = BM.reliability(pred)
     fold_info = [o["info"] for o in outputs]
-    for info, coef in zip(fold_info, coefs, strict=True):
-        info.update({k: v for k, v in coef.items() if k != "fold"})
-    metrics["folds"] = fold_info
+    pred, bankroll, metrics = evaluate_fold_predictions(
+        frame,
+        pd.concat([o["predictions"] for o in outputs], ignore_index=True),
+        folds,
+        fold_info,
+        betting=betting,
+        second_stage_min_races=second_stage_min_races,
+        n_bootstrap=n_bootstrap,
+        random_state=random_state,
+        min_overround=min_overround,
+    )
     params = {
         "splitter": splitter.get_params(),
         "betting": betting.as_dict(),
@@ -491,6 +524,7 @@ def run_backtest(
         "feature_columns": columns,
         "n_features": len(columns),
         "second_stage_min_races": second_stage_min_races,
+        "min_overround": min_overround,
         "n_bootstrap": n_bootstrap,
         "random_state": random_state,
         "workers": workers,
