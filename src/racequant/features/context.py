@@ -29,9 +29,17 @@ SPECS: tuple[FeatureSpec, ...] = (
         "Body weight today minus at the last run.",
         ("horse_weight_lbs", "date", "race_no"),
     ),
-    FeatureSpec("age", "context", "Age in years on the race day.", ("age",)),
     FeatureSpec(
-        "is_gelding", "context", "1 if the horse is a gelding, 0 if another sex, missing if unknown.", ("sex",)
+        "age",
+        "context",
+        "Age in years on the race day (the runner's, else race year - the horse's foaled year).",
+        ("age", "horses.foaled_year", "date"),
+    ),
+    FeatureSpec(
+        "is_gelding",
+        "context",
+        "1 if the horse is a gelding, 0 if another sex, missing if unknown (runner's sex, else the horse's).",
+        ("sex", "horses.sex"),
     ),
     FeatureSpec("days_since_last_run", "context", "Days since the horse's last run.", ("date",)),
     FeatureSpec("runs_count", "context", "Number of earlier runs.", _R),
