@@ -1,6 +1,6 @@
 """Benchmark and report of the point-in-time features.
 
-    python benchmarks/bench_features.py [--sim-runners 1000000 --memory-limit 2GB] [--report docs/features_report.md]
+    python benchmarks/bench_features.py [--sim-runners 1000000 --memory-limit 3GB] [--report docs/features_report.md]
 
 Measures the full HK 1997-2005 build, one 14-runner race card, a naive per-horse pandas implementation of a
 handful of the same features, optionally a large simulated build (time and peak RSS of a child process that
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--sim-runners", type=int, default=0, help="also build on about this many simulated runners")
     parser.add_argument("--report", type=Path, default=None, help="write coverage and AUC tables (markdown)")
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory_limit of the large simulated build")
+    parser.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit of the large simulated build")
     parser.add_argument("--child-build", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_build is not None:
