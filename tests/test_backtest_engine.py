@@ -136,10 +136,11 @@ def test_the_bankroll_walk_matches_the_ledger(result: BacktestResult) -> None:
 class SpyPipeline(ConditionalLogitPipeline):
     """Records what each fitted copy saw (serial runs only)."""
 
-    seen: ClassVar[list[tuple[int, list[str]]]] = []
+    # the fitted copies themselves, kept alive so that their ids stay distinct (a freed object's id is reused)
+    seen: ClassVar[list[tuple[SpyPipeline, list[str]]]] = []
 
     def fit(self, frame: pd.DataFrame, feature_columns: list[str]) -> SpyPipeline:  # type: ignore[override]
-        SpyPipeline.seen.append((id(self), list(frame.columns)))
+        SpyPipeline.seen.append((self, list(frame.columns)))
         assert not hasattr(self, "coef_"), "a fold was given an already fitted estimator"
         return super().fit(frame, feature_columns)
 
@@ -149,7 +150,8 @@ def test_each_fold_fits_a_fresh_clone_that_never_sees_the_market(history: pd.Dat
     estimator = SpyPipeline()
     res = run_backtest(history, estimator, splitter("2000-09-30"), feature_columns=FEATURES, n_bootstrap=0)
     assert not hasattr(estimator, "coef_")
-    assert len(SpyPipeline.seen) == len(res.folds) == len({i for i, _ in SpyPipeline.seen})
+    assert len(SpyPipeline.seen) == len(res.folds) == len({id(copy) for copy, _ in SpyPipeline.seen})
+    assert all(copy is not estimator for copy, _ in SpyPipeline.seen)
     for _, columns in SpyPipeline.seen:
         assert not {"win_odds", "place_odds", "true_win_prob"} & set(columns) - {"true_win_prob"}
         assert "win_odds" not in columns and "place_odds" not in columns

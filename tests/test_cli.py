@@ -97,7 +97,7 @@ def test_demo_simulates_imports_and_reports(tmp_path: Path) -> None:
     assert "1. Simulated" in result.stdout
     assert "2. Imported" in result.stdout
     assert "3. Built" in result.stdout
-    for step in ("4. Trained", "5. Predicted", "6. Fused"):
+    for step in ("4. Trained", "5. Predicted", "6. Fused", "7. Backtested"):
         assert step in result.stdout
     info = json.loads(_invoke("db", "info", "--db", str(db), "--json").stdout)
     assert info["races"] == 400
@@ -190,3 +190,32 @@ def test_qual_import_then_fuse_a_card_with_the_model(trained_model: TrainedModel
     assert sum(r["win_prob_final"] for r in fused) == pytest.approx(1.0)
     assert fused[0]["win_prob_final"] > fused[0]["win_prob_base"]
     assert all(r["win_prob_final"] < r["win_prob_base"] for r in fused[1:])
+
+
+@pytest.mark.slow
+def test_backtest_writes_the_report_and_the_headline_beside_the_market(
+    trained_model: TrainedModel,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    db = _copy_warehouse(trained_model, tmp_path)
+    out = tmp_path / "bt"
+    first_day = trained_model.cut.isoformat()
+    result = _invoke(
+        "backtest", "--start", first_day, "--end", first_day, "--train-window-days", "120", "--test-window-days",
+        "30", "--out", str(out), "--workers", "1", "--n-estimators", "40", "--db", str(db), "--json",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert metrics["n_races"] >= 1
+    assert 0 < metrics["market_pseudo_r2"] < 1  # the market is scored on the same races
+    for name in ("metrics.json", "report.html", "predictions.parquet"):
+        assert (out / name).is_file()
+
+
+def test_backtest_refuses_workers_and_scheduler_together(tmp_path: Path) -> None:
+    result = _invoke(
+        "backtest", "--start", "2020-01-01", "--end", "2020-02-01", "--out", str(tmp_path / "bt"),
+        "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786", "--db", str(tmp_path / "w.duckdb"),
+    )
+    assert result.exit_code != 0
+    assert "--workers" in result.output

@@ -43,6 +43,13 @@ DbOption = Annotated[
     typer.Option("--db", help="DuckDB warehouse file [default: $RACEQUANT_DB or ./racequant.duckdb]."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+NEstimatorsOption = Annotated[
+    int | None, typer.Option("--n-estimators", help="Most boosting rounds per booster [default: the tuned 1000].")
+]
+LearningRateOption = Annotated[
+    float | None, typer.Option("--learning-rate", help="Boosting learning rate [default: the tuned 0.05].")
+]
+NJobsOption = Annotated[int | None, typer.Option("--n-jobs", help="Threads per booster [default: 2].")]
 ModelsDirOption = Annotated[
     Path | None,
     typer.Option("--models-dir", help="Model registry folder [default: $RACEQUANT_MODELS_DIR or ./models]."),
@@ -64,6 +71,13 @@ DEMO_PIPELINE_PARAMS: dict[str, Any] = {
     "n_jobs": 1,
 }
 DEMO_HELD_OUT_DAYS = 60
+DEMO_BACKTEST_DAYS = 60
+
+
+def _booster_params(n_estimators: int | None, learning_rate: float | None, n_jobs: int | None) -> dict[str, Any]:
+    """The booster options the user gave; the pipeline's tuned defaults stand for the rest."""
+    given = {"n_estimators": n_estimators, "learning_rate": learning_rate, "n_jobs": n_jobs}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _settings(db: Path | None) -> Settings:
@@ -342,9 +356,9 @@ def train(
     ] = None,
     version: Annotated[str | None, typer.Option("--version", help="Version name [default: a UTC timestamp].")] = None,
     models_dir: ModelsDirOption = None,
-    n_estimators: Annotated[int, typer.Option("--n-estimators", help="Most boosting rounds per booster.")] = 300,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Boosting learning rate.")] = 0.05,
-    n_jobs: Annotated[int, typer.Option("--n-jobs", help="Threads per booster.")] = 2,
+    n_estimators: NEstimatorsOption = None,
+    learning_rate: LearningRateOption = None,
+    n_jobs: NJobsOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -366,7 +380,7 @@ def train(
     if frame.empty:
         raise RacequantError(f"No races to train on{f' before {cutoff}' if cutoff else ''} in {settings.db}.")
     path, pipeline = _train_with_progress(
-        frame, cutoff, directory, version, n_estimators=n_estimators, learning_rate=learning_rate, n_jobs=n_jobs
+        frame, cutoff, directory, version, **_booster_params(n_estimators, learning_rate, n_jobs)
     )
     summary = {
         "version": path.name,
@@ -473,6 +487,83 @@ def fuse(
                 quantitative=lambda c: predictor.predict_card(conn, c, when),
             )
     _print_json(fused)
+
+
+@app.command()
+def backtest(
+    start: Annotated[str, typer.Option("--start", help="First day of the first test window, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last day of the last test window, YYYY-MM-DD.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, report.html, predictions.parquet.")],
+    train_window_days: Annotated[int, typer.Option("--train-window-days", help="Days of history per fold.")] = 365,
+    test_window_days: Annotated[int, typer.Option("--test-window-days", help="Days each fold predicts.")] = 30,
+    retrain_every_days: Annotated[int, typer.Option("--retrain-every-days", help="Days between refits.")] = 30,
+    expanding: Annotated[
+        bool, typer.Option("--expanding", help="Train on all history before each fold, not the last window.")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Local Dask worker processes [default: CPU count].")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, tcp://HOST:PORT.")
+    ] = None,
+    probabilities: Annotated[
+        str, typer.Option("--bet-on", help="Probabilities the Kelly bets use: combined or fundamental.")
+    ] = "combined",
+    kelly_fraction: Annotated[float, typer.Option("--kelly-fraction", help="Fraction of full Kelly.")] = 0.25,
+    n_estimators: NEstimatorsOption = None,
+    learning_rate: LearningRateOption = None,
+    n_jobs: NJobsOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Walk-forward backtest against the real odds: model, market and combined, Kelly staking, HTML report."""
+    import os
+
+    from racequant.backtest import BettingConfig, KellyStaking, WalkForwardSplit
+    from racequant.backtest.api import backtest_from_warehouse, default_estimator, headline_text
+    from racequant.warehouse import connect
+
+    if workers is not None and scheduler is not None:
+        raise typer.BadParameter("give --workers or --scheduler, not both", param_hint="--workers")
+    first, last = _parse_date(start, "--start"), _parse_date(end, "--end")
+    splitter = WalkForwardSplit(
+        first,
+        last,
+        train_window_days=train_window_days,
+        test_window_days=test_window_days,
+        retrain_every_days=retrain_every_days,
+        expanding=expanding,
+    )
+    if scheduler is None and workers is None:
+        workers = os.cpu_count() or 1
+    parallel = scheduler is not None or (workers or 1) > 1
+    params = _booster_params(n_estimators, learning_rate, n_jobs)
+    if parallel:  # worker processes share the cores: one thread per booster unless asked otherwise
+        params.setdefault("n_jobs", 1)
+    estimator = default_estimator(**params)
+    betting = BettingConfig(probabilities=probabilities, staking=KellyStaking(fraction=kelly_fraction))
+    with _progress() as progress, connect(_settings(db).db) as conn:
+        task = progress.add_task("Backtest folds", total=None)
+        result, paths = backtest_from_warehouse(
+            conn,
+            out,
+            splitter,
+            estimator=estimator,
+            betting=betting,
+            workers=None if scheduler else workers,
+            scheduler=scheduler,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if as_json:
+        _print_json({"metrics": result.metrics, "paths": {k: str(v) for k, v in paths.items()}})
+        return
+    console.print(headline_text(result.metrics), markup=False, highlight=False)
+    if not result.metrics.get("n_races_combined"):
+        console.print(
+            "The combined (model + market) row needs earlier out-of-sample folds to fit its second stage on: "
+            "backtest a longer period to see it."
+        )
+    console.print(f"Report: {paths['report']}")
 
 
 @app.command()
@@ -679,7 +770,23 @@ def demo(
     console.print("[bold]6. Fused[/] the model's probabilities with synthetic analysts' likelihood ratios:")
     console.print(table)
 
-    # 7. backtest: the walk-forward backtest of the held-out days goes here (backtest step, to come)
+    # 7. a short walk-forward backtest of the last days against the market, with Kelly staking on the real odds
+    from racequant.backtest.api import demo_backtest, headline_text
+
+    with _progress() as progress, connect(db) as conn:
+        task = progress.add_task("7. Walk-forward backtest", total=None)
+        bt, bt_paths = demo_backtest(
+            conn,
+            out / "backtest",
+            test_days=DEMO_BACKTEST_DAYS,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"[bold]7. Backtested[/] {bt.metrics['n_races']:,} races walk-forward (fresh model per fold, the market "
+        "beside it, second stage fitted on earlier folds only):"
+    )
+    console.print(headline_text(bt.metrics), markup=False, highlight=False)
+    console.print(f"   Report: {bt_paths['report']}")
 
     console.print(f"\nExplore it: {_command_name()} db info --db {db}")
     console.print(f"            {_command_name()} features list")
