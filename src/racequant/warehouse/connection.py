@@ -10,41 +10,14 @@ from pathlib import Path
 import duckdb
 
 from racequant.errors import WarehouseError
-from racequant.warehouse.migrations import LATEST_VERSION, MIGRATIONS
+from racequant.warehouse.migrations import MIGRATIONS, apply_migrations
 
 logger = logging.getLogger(__name__)
 
 
 def migrate(conn: duckdb.DuckDBPyConnection) -> list[int]:
-    """Apply every migration not yet applied, each in its own transaction; return those applied."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER NOT NULL, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
-    if done and max(done) > LATEST_VERSION:
-        raise WarehouseError(
-            f"The warehouse has schema version {max(done)}, newer than this racequant knows "
-            f"({LATEST_VERSION}); upgrade racequant."
-        )
-    applied = []
-    for migration in MIGRATIONS:
-        if migration.version in done:
-            continue
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.execute(migration.sql)
-            conn.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now()::TIMESTAMP)",
-                [migration.version, migration.description],
-            )
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
-        logger.info("Applied warehouse migration %d: %s", migration.version, migration.description)
-        applied.append(migration.version)
-    return applied
+    """Apply every warehouse migration not yet applied, each in its own transaction; return those applied."""
+    return apply_migrations(conn, MIGRATIONS, table="schema_migrations", what="warehouse")
 
 
 @contextmanager

@@ -7,7 +7,15 @@ keys unique itself (it validates them and replaces whole races).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import duckdb
+
+from racequant.errors import WarehouseError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,3 +195,41 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def apply_migrations(
+    conn: duckdb.DuckDBPyConnection, migrations: Sequence[Migration], *, table: str, what: str
+) -> list[int]:
+    """Apply every migration not yet recorded in ``table``, each in its own transaction; return those applied.
+
+    ``what`` names the database in messages ("warehouse", "prediction log"). A database newer than this code is
+    refused rather than guessed at.
+    """
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        " version INTEGER NOT NULL, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute(f"SELECT version FROM {table}").fetchall()}
+    latest = migrations[-1].version
+    if done and max(done) > latest:
+        raise WarehouseError(
+            f"The {what} has schema version {max(done)}, newer than this racequant knows ({latest}); "
+            "upgrade racequant."
+        )
+    applied = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute(migration.sql)
+            conn.execute(
+                f"INSERT INTO {table} VALUES (?, ?, now()::TIMESTAMP)", [migration.version, migration.description]
+            )
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("Applied %s migration %d: %s", what, migration.version, migration.description)
+        applied.append(migration.version)
+    return applied

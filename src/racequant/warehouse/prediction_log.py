@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,9 @@ import pandas as pd
 import pyarrow as pa
 
 from racequant.errors import WarehouseError
+from racequant.warehouse.migrations import Migration, apply_migrations
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LogMigration:
-    version: int
-    description: str
-    sql: str
 
 
 PREDICTION_COLUMNS: dict[str, str] = {
@@ -54,8 +47,8 @@ PREDICTION_INPUT_COLUMNS = tuple(PREDICTION_COLUMNS)
 # the outcome columns the scored_predictions view adds to each prediction
 OUTCOME_COLUMNS = ("finish_position", "won", "placed", "outcome_at")
 
-LOG_MIGRATIONS: tuple[LogMigration, ...] = (
-    LogMigration(
+LOG_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
         1,
         "predictions, outcomes, qualitative submissions, daily metrics and alerts",
         "CREATE TABLE IF NOT EXISTS predictions ("
@@ -117,7 +110,6 @@ LOG_MIGRATIONS: tuple[LogMigration, ...] = (
         """,
     ),
 )
-LOG_LATEST_VERSION = LOG_MIGRATIONS[-1].version
 
 
 def default_log_path(db: Path | str) -> Path:
@@ -128,33 +120,7 @@ def default_log_path(db: Path | str) -> Path:
 
 def migrate_log(conn: duckdb.DuckDBPyConnection) -> list[int]:
     """Apply the log's migrations not yet applied, each in its own transaction; return those applied."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS log_migrations ("
-        " version INTEGER NOT NULL, description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
-    )
-    done = {row[0] for row in conn.execute("SELECT version FROM log_migrations").fetchall()}
-    if done and max(done) > LOG_LATEST_VERSION:
-        raise WarehouseError(
-            f"The prediction log has schema version {max(done)}, newer than this racequant knows "
-            f"({LOG_LATEST_VERSION}); upgrade racequant."
-        )
-    applied = []
-    for migration in LOG_MIGRATIONS:
-        if migration.version in done:
-            continue
-        conn.execute("BEGIN TRANSACTION")
-        try:
-            conn.execute(migration.sql)
-            conn.execute(
-                "INSERT INTO log_migrations VALUES (?, ?, now()::TIMESTAMP)", [migration.version, migration.description]
-            )
-            conn.execute("COMMIT")
-        except Exception:
-            conn.execute("ROLLBACK")
-            raise
-        logger.info("Applied prediction-log migration %d: %s", migration.version, migration.description)
-        applied.append(migration.version)
-    return applied
+    return apply_migrations(conn, LOG_MIGRATIONS, table="log_migrations", what="prediction log")
 
 
 def connect_log(path: Path | str) -> duckdb.DuckDBPyConnection:
