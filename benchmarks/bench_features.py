@@ -1,6 +1,7 @@
 """Benchmark and report of the point-in-time features.
 
     python benchmarks/bench_features.py [--sim-runners 1000000 --memory-limit 3GB] [--report docs/features_report.md]
+    python benchmarks/bench_features.py --card-only   # one 14-runner race card only (median of 20)
 
 Measures the full HK 1997-2005 build, one 14-runner race card, a naive per-horse pandas implementation of a
 handful of the same features, optionally a large simulated build (time and peak RSS of a child process that
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--sim-runners", type=int, default=0, help="also build on about this many simulated runners")
     parser.add_argument("--report", type=Path, default=None, help="write coverage and AUC tables (markdown)")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--card-only", action="store_true", help="only the race card on HK 1997-2005")
     parser.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit of the large simulated build")
     parser.add_argument("--child-build", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,13 +133,15 @@ def main() -> None:
     mem = psutil.virtual_memory().total / 2**30
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {mem:.1f} GiB RAM")
     report: list[str] = []
-    for name, fmt in (("hkjc-1997-2005", "hkjc-kaggle"), ("hkjc-2016-2021", "racequant")):
+    sets = (("hkjc-1997-2005", "hkjc-kaggle"), ("hkjc-2016-2021", "racequant"))
+    for name, fmt in sets[:1] if args.card_only else sets:
         conn = warehouse_from_folder(DATA / name, fmt)
-        build_features(conn)  # warm-up
-        started = time.perf_counter()
-        frame = build_features(conn)
-        seconds = time.perf_counter() - started
-        print(f"{name}: full build {seconds:.2f} s for {len(frame)} runners")
+        if not args.card_only:
+            build_features(conn)  # warm-up
+            started = time.perf_counter()
+            frame = build_features(conn)
+            seconds = time.perf_counter() - started
+            print(f"{name}: full build {seconds:.2f} s for {len(frame)} runners")
         if name == "hkjc-1997-2005":
             race_id = conn.execute(
                 "SELECT race_id FROM runners WHERE status <> 'withdrawn' GROUP BY race_id HAVING count(*) = 14 "
@@ -147,6 +151,7 @@ def main() -> None:
             refresh_card_state(conn, force=True)
             seconds = time.perf_counter() - started
             print(f"{name}: race-card state (base stage + group totals) stored in {seconds:.2f} s")
+            features_for_card(conn, card)  # warm-up
             times = []
             for _ in range(20):
                 started = time.perf_counter()
@@ -154,6 +159,9 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             print(f"{name}: one 14-runner card, median of 20 {np.median(times) * 1000:.0f} ms "
                   f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
+            print(f"load average {os.getloadavg()[0]:.2f}")
+            if args.card_only:
+                return
             if not args.skip_naive:
                 naive = naive_pandas(conn)
                 print(f"{name}: naive per-horse pandas (3 features) {naive:.1f} s")

@@ -27,6 +27,44 @@ BEFORE = "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING"
 Step = tuple[str, str]  # (relation name, SELECT statement defining it)
 
 
+def card_base_steps(races: str, runners: str, horses: str, *, last_seq: int) -> list[Step]:
+    """``base_steps`` for one race card that follows the stored races with race_seq <= ``last_seq``.
+
+    The card's race is the last in the start order, so each cumulative window of ``_fx_rt`` / ``_fx_cp``
+    (frame: every earlier row of the partition) is, for the card's row, a plain aggregate over the stored
+    rows of the bulk build (``feature_state_rt`` / ``feature_state_cpa``) of its partition: the same
+    aggregates over the same rows (sums are DECIMAL / integer, so exact in any order) give the same values.
+    """
+    tds = " AND ".join(f"h.{c} IS NOT DISTINCT FROM a.{c}" for c in ("track", "distance_m", "surface"))
+    tsg = " AND ".join(f"h.{c} IS NOT DISTINCT FROM a.{c}" for c in ("track", "surface", "going"))
+    race_totals = f"""
+        SELECT a.*, s.* FROM _fx_rta a CROSS JOIN (
+            SELECT avg(h.winner_time) FILTER (WHERE {tds}) AS par_tds,
+                   avg(h.race_early200) FILTER (WHERE {tds}) AS par_early200,
+                   coalesce(sum(CAST((h.winner_time - h.par_tds) / h.distance_m AS DECIMAL(18, 9))) FILTER (WHERE {tsg})
+                            / (count(h.winner_time - h.par_tds) FILTER (WHERE {tsg}) + {GOING_SHRINK_RACES}), 0)
+                       AS going_adj_per_m,
+                   sum(h.n_won) / sum(h.n_res) AS prior_win,
+                   sum(h.n_placed) / sum(h.n_res) AS prior_place
+            FROM feature_state_rt h, (SELECT track, distance_m, surface, going FROM _fx_rta) a
+            WHERE h.race_seq <= {int(last_seq)}
+        ) s
+        """
+    class_totals = f"""
+        SELECT a.race_id, CASE WHEN a.class_num IS NOT NULL THEN s.class_par_fig END AS class_par_fig, s.prior_fig
+        FROM _fx_cpa a CROSS JOIN (
+            SELECT avg(h.winner_fig) FILTER (WHERE h.class_num = a.class_num) AS class_par_fig,
+                   sum(h.fig_sum) / sum(h.fig_n) AS prior_fig
+            FROM feature_state_cpa h, (SELECT class_num FROM _fx_cpa) a
+            WHERE h.race_seq <= {int(last_seq)}
+        ) s
+        """
+    replaced = {"_fx_rt": race_totals, "_fx_cp": class_totals}
+    return [
+        (name, replaced.get(name, sql)) for name, sql in base_steps(races, runners, horses, seq_offset=last_seq)
+    ]
+
+
 def base_steps(
     races: str,
     runners: str,

@@ -13,10 +13,12 @@ restricted (by semi-joins that drop nothing the target rows need) to that race.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -35,7 +37,7 @@ from racequant.features import (
     shrinkage,
     speed,
 )
-from racequant.features._base import BEFORE, Step, base_steps
+from racequant.features._base import BEFORE, Step, base_steps, card_base_steps
 from racequant.features.manifest import all_specs, feature_version
 from racequant.warehouse import feature_store
 
@@ -124,32 +126,65 @@ def _target_steps(
     for n, (keys, rolling) in _groups().items():
         steps.extend(_group_steps(n, keys, rolling, group_aggs))
     steps.extend(shrinkage.steps(mom_aggs, mom_cum))
-    horse_exprs = (
+    # The windows sort only the columns they read (every window spec sorts its whole input row).
+    steps.append(("_fx_h", f"""
+    SELECT race_id, horse_id, {", ".join(_horse_exprs())}
+    FROM (SELECT race_id, horse_id, race_seq, {", ".join(_HORSE_INPUTS)} FROM {horse_runs})
+    WHERE horse_id IN (SELECT horse_id FROM {_TARGET_RUNS} t)
+    WINDOW {_HORSE_WINDOWS}
+    """))
+    return steps + _output_steps()
+
+
+def _horse_exprs() -> tuple[str, ...]:
+    return (
         *speed.HORSE_EXPRS,
         *class_.HORSE_EXPRS,
         *sectionals.HORSE_EXPRS,
         *context.HORSE_EXPRS,
         *connections.HORSE_EXPRS,
     )
-    # The windows sort only the columns they read (every window spec sorts its whole input row).
-    horse_cols = [_alias(e) for e in horse_exprs]
-    steps.append(("_fx_h", f"""
-    SELECT race_id, horse_id, {", ".join(horse_exprs)}
-    FROM (SELECT race_id, horse_id, race_seq, {", ".join(_HORSE_INPUTS)} FROM {horse_runs})
-    WHERE horse_id IN (SELECT horse_id FROM {_TARGET_RUNS} t)
-    WINDOW {_HORSE_WINDOWS}
-    """))
-    row1 = (*speed.ROW_EXPRS, *class_.ROW_EXPRS, *sectionals.ROW_EXPRS, *context.ROW_EXPRS)
-    join_exprs = (*connections.JOIN_EXPRS, *pedigree.EXPRS)
+
+
+_GROUP_TOTALS = ("n_b", "w_b", "p_b", "fs_b", "fn_b")
+
+
+def _group_joins(runs: str) -> str:
+    """LEFT JOINs of each group's totals (_fx_g_<name>, alias g_<name>) to the runs aliased ``runs``."""
     joins = []
     for name, (keys, _rolling) in _groups().items():
-        on = " AND ".join(f"g_{name}.k_{c} = h.{c}" for c in (*keys, "race_seq"))
+        on = " AND ".join(f"g_{name}.k_{c} = {runs}.{c}" for c in (*keys, "race_seq"))
         joins.append(f"LEFT JOIN _fx_g_{name} g_{name} ON {on}")
+    return " ".join(joins)
+
+
+def _output_steps(*, packed_groups: bool = False) -> list[Step]:
+    """From the horse stage (_fx_h), the group totals (_fx_g_*) and the fitted m (_fx_mom) to _fx_out.
+
+    With ``packed_groups`` (a race card) each group's totals are first joined to the runners' keys alone and
+    packed into one struct column g_<name> per group (``g_jockey.n_b`` then reads the struct's field), so
+    the wide runner rows pass one join instead of thirteen (which costs about 50 ms on 14 rows).
+    """
+    steps: list[Step] = []
+    horse_cols = [_alias(e) for e in _horse_exprs()]
+    row1 = (*speed.ROW_EXPRS, *class_.ROW_EXPRS, *sectionals.ROW_EXPRS, *context.ROW_EXPRS)
+    join_exprs = (*connections.JOIN_EXPRS, *pedigree.EXPRS)
+    joins = _group_joins("h")
+    if packed_groups:
+        key_cols = ", ".join(c for c in _key_columns() if c != "horse_id")
+        packed = ", ".join(
+            f"struct_pack({', '.join(f'{t} := g_{n}.{t}' for t in _GROUP_TOTALS)}) AS g_{n}" for n in _groups()
+        )
+        steps.append(("_fx_gs", f"""
+        SELECT r.race_id, r.horse_id, {packed}
+        FROM (SELECT race_id, horse_id, race_seq, {key_cols} FROM {_TARGET_RUNS} t) r {_group_joins("r")}
+        """))
+        joins = "JOIN _fx_gs USING (race_id, horse_id)"
     steps.append(("_fx_j", f"""
     SELECT h.*, {", ".join(row1)}, {", ".join(join_exprs)}
     FROM (SELECT r.*, {", ".join(f"x.{c}" for c in horse_cols)}
           FROM {_TARGET_RUNS} r JOIN _fx_h x USING (race_id, horse_id)) h
-    {" ".join(joins)} LEFT JOIN _fx_mom ON _fx_mom.race_seq = h.race_seq
+    {joins} LEFT JOIN _fx_mom ON _fx_mom.race_seq = h.race_seq
     """))
     field_exprs = (
         *speed.FIELD_EXPRS,
@@ -181,9 +216,8 @@ def _target_steps(
         sql_type = "VARCHAR" if spec.dtype == "varchar" else "DOUBLE"
         casts.append(f"CAST({spec.name} AS {sql_type}) AS {spec.name}")
     steps.append(("_fx_out", f"""
-    WITH c AS (SELECT *, {", ".join(composites.ROW_EXPRS)} FROM _fx_f)
     SELECT race_id, horse_id, date AS race_date, race_seq, {", ".join(casts)}
-    FROM c ORDER BY race_seq, horse_id
+    FROM (SELECT *, {", ".join(composites.ROW_EXPRS)} FROM _fx_f) c ORDER BY race_seq, horse_id
     """))
     return steps
 
@@ -215,11 +249,28 @@ def _execute_steps(
             progress(f"feature SQL step {i + 1}/{len(steps)} ({name})")
 
 
+# Bump when the stored race-card state changes shape (it is rebuilt when its fingerprint differs).
+_CARD_STATE_LAYOUT = 2
+
+
 def _card_state_sources() -> dict[str, str]:
-    """Stored card state -> the temp relation of the bulk build it is copied from."""
-    sources = {"race": "_fx_race", "rta": "_fx_rta", "cpa": "_fx_cpa", "run": "_fx_run", "moma": "_fx_moma",
-               "momc": "_fx_momc"}
-    sources.update({f"ga_{n}": f"_fx_ga_{n}" for n in _groups()})
+    """Stored card state -> the relation of the bulk build it is copied from.
+
+    Runs are stored in (horse_id, race_seq) order and group totals in (key, race_seq) order, so a card's
+    lookups of a few horses and keys read a few row groups (DuckDB skips the others by their min/max).
+    Rolling groups keep each (key, race)'s position in its key's history (k_n) for their last-N frame.
+    """
+    sources = {"race": "_fx_race", "rta": "_fx_rta", "rt": "_fx_rt", "cpa": "_fx_cpa",
+               "run": "(SELECT * FROM _fx_run ORDER BY horse_id, race_seq)", "moma": "_fx_moma", "momc": "_fx_momc"}
+    for n, (keys, rolling) in _groups().items():
+        k = ", ".join(keys)
+        k_n = "" if rolling is None else f", row_number() OVER (PARTITION BY {k} ORDER BY race_seq) AS k_n"
+        sources[f"ga_{n}"] = f"(SELECT *{k_n} FROM _fx_ga_{n} ORDER BY {k}, race_seq)"
+    # m of every group as fitted after each race with changes: the bulk build's expressions on _fx_momc
+    fitted = ", ".join(shrinkage.fitted_exprs())
+    sources["mom"] = f"""(
+        SELECT 0 AS race_seq, {fitted} FROM (SELECT 1) t LEFT JOIN (SELECT * FROM _fx_momc WHERE FALSE) c ON TRUE
+        UNION ALL SELECT race_seq, {fitted} FROM _fx_momc c ORDER BY race_seq)"""
     return sources
 
 
@@ -239,7 +290,7 @@ def _limit_memory(conn: duckdb.DuckDBPyConnection, memory_limit: str) -> dict[st
 
 
 def _warehouse_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
-    return f"{feature_version()}:{feature_store.warehouse_fingerprint(conn)}"
+    return f"{feature_version()}:state{_CARD_STATE_LAYOUT}:{feature_store.warehouse_fingerprint(conn)}"
 
 
 def build_features(
@@ -459,31 +510,152 @@ def _history_before(conn: duckdb.DuckDBPyConnection, race: pd.Series, cutoff: da
     return last_seq, where
 
 
-def features_for_card(
-    conn: duckdb.DuckDBPyConnection, card: Mapping[str, Any], as_of: date | datetime | str | None = None
-) -> pd.DataFrame:
-    """Features of one new race card: the bulk SQL run on the stored running state plus the card's rows.
+# A card's race follows every stored race it may see, so each horse window of the bulk build (frame: the
+# horse's earlier runs of a partition, or its last N) is, for the card's row, an aggregate over the stored
+# runs of the card's horses before the card, filtered to that frame. race_seq_h numbers a horse's runs
+# (1, 2, ...) and the stored runs before the card are a prefix of them, so last_h is its last run.
+_CARD_FRAMES = {
+    "wh": "race_seq_h = last_h",  # only lag(x): the value of the last run
+    "wa": "TRUE",
+    "w5": "race_seq_h > last_h - 5",
+    "w3": "race_seq_h > last_h - 3",
+    "wd": "dist_band IS NOT DISTINCT FROM c_dist_band",
+    "wt": "track IS NOT DISTINCT FROM c_track",
+    "wg": "going IS NOT DISTINCT FROM c_going",
+    "ws": "surface IS NOT DISTINCT FROM c_surface",
+    "wj": "jockey_id IS NOT DISTINCT FROM c_jockey_id",
+}
+_WINDOW_CALL = re.compile(r"\b(\w+)\(([^()]*)\) OVER (w\w+)\b")
 
-    ``card`` = {"race": {race columns}, "runners": [{runner columns}], "horses": [{horse_id, sire, dam,
-    damsire, sex, foaled_year}] (optional, for horses not yet in the warehouse)}. Only races that start before
-    the card's race and are dated on or before ``as_of`` (default: the race date) are used.
 
-    The running state (``refresh_card_state``) is the base stage of the whole history and the per-(key, race)
-    group totals; it is rebuilt first if the warehouse changed since. The card's own base rows and every
-    window then run over (stored rows of the races before the card) + (the card's rows), with the statements
-    of the bulk build, so a card gets exactly the features the bulk build gives that race.
+def _card_horse_steps(last_seq: int, keys: Mapping[str, str]) -> list[Step]:
+    """The horse stage (_fx_h) of a card: the bulk build's window expressions, each window call replaced by
+    the same aggregate over the card horses' stored runs, filtered to the window's frame (_CARD_FRAMES)."""
+    calls: dict[str, str] = {}
+
+    def aggregate(match: re.Match[str]) -> str:
+        func, arg, window = match.groups()
+        if (func == "lag") != (window == "wh"):
+            raise FeatureBuildError(f"No card form for the window call {match.group(0)!r}.")
+        if func == "lag":
+            func = "max"  # the one run of the frame
+        if arg == "*":
+            arg = "race_seq"  # a first starter's row of the LEFT JOIN has no run
+        frame = _CARD_FRAMES[window]
+        call = f"{func}({arg})" if frame == "TRUE" else f"{func}(CASE WHEN {frame} THEN {arg} END)"
+        return calls.setdefault(call, f"_a{len(calls)}")
+
+    exprs = [_WINDOW_CALL.sub(aggregate, e) for e in _horse_exprs()]
+    today = ", ".join(f"{c} AS c_{c}" for c in ("dist_band", "track", "going", "surface", "jockey_id"))
+    hist = f"""
+    SELECT horse_id, race_seq, race_seq_h, {", ".join(_HORSE_INPUTS)},
+           max(race_seq_h) OVER (PARTITION BY horse_id) AS last_h
+    FROM feature_state_run
+    WHERE {keys["horse_id"]} AND race_seq <= {int(last_seq)}
     """
-    started = time.perf_counter()
-    races, runners, horses = _card_frames(card)
-    race_date = races["date"].iloc[0]
-    cutoff = pd.Timestamp(as_of).date() if as_of is not None else race_date
-    cutoff = min(cutoff, race_date)
-    refresh_card_state(conn)
-    last_seq, before = _history_before(conn, races.iloc[0], cutoff)
-    tag = uuid.uuid4().hex[:8]
-    names = {k: f"_fx_card_{k}_{tag}" for k in ("races", "runners", "horses")}
-    for key, frame in (("races", races), ("runners", runners), ("horses", horses)):
-        conn.register(names[key], frame)
+    aggs = f"""
+    SELECT c.race_id, c.horse_id, {", ".join(f"{call} AS {name}" for call, name in calls.items())}
+    FROM (SELECT race_id, horse_id, {today} FROM _fx_run) c LEFT JOIN _fx_hist h ON h.horse_id = c.horse_id
+    GROUP BY c.race_id, c.horse_id
+    """
+    horse = f"SELECT race_id, horse_id, {', '.join(exprs)} FROM _fx_run JOIN _fx_ha USING (race_id, horse_id)"
+    return [("_fx_hist", hist), ("_fx_ha", aggs), ("_fx_h", horse)]
+
+
+def _card_group_steps(last_seq: int, keys: Mapping[str, str]) -> list[Step]:
+    """Each group's totals (_fx_g_<name>) for the card's keys: the bulk build's window sums over a key's earlier
+    (key, race) rows are, for the card's race, sums over the stored rows of that key (the last N if rolling).
+
+    ``keys``: column -> a predicate selecting the card's values of it (``_key_filters``).
+    """
+    steps: list[Step] = []
+    for name, (cols, rolling) in _groups().items():
+        k = ", ".join(cols)
+        rows = f"feature_state_ga_{name} WHERE race_seq <= {int(last_seq)} AND {' AND '.join(keys[c] for c in cols)}"
+        if rolling is not None:  # the key's last `rolling` (key, race) rows: k_n numbers them 1, 2, ...
+            rows = (f"(SELECT * FROM {rows}) s JOIN (SELECT {k}, count(*) AS last_n FROM {rows} GROUP BY {k})"
+                    f" USING ({k}) WHERE k_n > last_n - {rolling}")
+        steps.append((f"_fx_g_{name}", f"""
+        SELECT {", ".join(f"{c} AS k_{c}" for c in cols)}, {int(last_seq) + 1} AS k_race_seq,
+               sum(n) AS n_b, sum(w) AS w_b, sum(p) AS p_b, sum(fs) AS fs_b, sum(fn) AS fn_b
+        FROM {rows} GROUP BY {k}
+        """))
+    # the fitted m of the last race with changes before the card (a row 0 holds the defaults of no history)
+    steps.append(("_fx_mom", f"""
+    SELECT {int(last_seq) + 1} AS race_seq, * EXCLUDE (race_seq)
+    FROM (SELECT * FROM feature_state_mom WHERE race_seq <= {int(last_seq)} ORDER BY race_seq DESC LIMIT 1)
+    """))
+    return steps
+
+
+def _card_base(names: Mapping[str, str], last_seq: int) -> list[Step]:
+    """The card's own base rows (_fx_run), on the stored pars of the races race_seq <= last_seq."""
+    return card_base_steps(
+        _CARD_RACES.format(src=names["races"]),
+        _CARD_RUNNERS.format(src=names["runners"]),
+        _CARD_HORSES.format(src=names["horses"], runners=names["runners"]),
+        last_seq=last_seq,
+    )
+
+
+def _card_statements(last_seq: int, keys: Mapping[str, str]) -> list[Step]:
+    """The statements of one card after its base rows (_fx_run), down to _fx_out: each one WITH query.
+
+    Groups of small relations run as one statement each (a statement costs ~1-2 ms however small); the wide
+    runner rows are materialised between stages (in one WITH query the join and field stages over them plan
+    and run about 3x slower than step by step).
+    """
+    groups = _card_group_steps(last_seq, keys)
+    *output, final = _output_steps(packed_groups=True)
+    output = dict(output)
+    return [
+        ("_fx_tgt", "SELECT DISTINCT race_id FROM _fx_run"),
+        ("_fx_gs", _with_query([*groups[:-1], ("_fx_gs", output.pop("_fx_gs"))])),
+        groups[-1],  # _fx_mom
+        ("_fx_h", _with_query(_card_horse_steps(last_seq, keys))),
+        *output.items(),
+        final,
+    ]
+
+
+def _run_card(conn: duckdb.DuckDBPyConnection, names: Mapping[str, str], last_seq: int) -> pd.DataFrame:
+    """The card's base rows, then (their keys as constants) every later statement; the features as a frame."""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE _fx_run AS {_with_query(_card_base(names, last_seq))}")
+    *statements, (_name, final) = _card_statements(last_seq, _key_filters(conn))
+    _execute_steps(conn, statements)
+    return conn.execute(final).df()
+
+
+def _key_columns() -> tuple[str, ...]:
+    cols = {c: None for keys, _rolling in _groups().values() for c in keys}
+    return ("horse_id", *cols)
+
+
+def _key_filters(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """For each key column of the card's rows (_fx_run), a predicate selecting its values, as constants.
+
+    A lookup filtered by constants reads only the stored rows of the card's horses and keys (a filter on a
+    join with the card's rows would read them all); NULL keys match nothing, as in the bulk build's joins.
+    """
+    cols = _key_columns()
+    rows = conn.execute(f"SELECT {', '.join(cols)} FROM _fx_run").fetchall()
+    out = {}
+    for i, col in enumerate(cols):
+        values = sorted({row[i] for row in rows if row[i] is not None})
+        if not values:
+            out[col] = "FALSE"
+            continue
+        literals = [str(int(v)) if isinstance(v, int) else f"'{_sql_str(v)}'" for v in values]
+        out[col] = f"{col} IN ({', '.join(literals)})"
+    return out
+
+
+def _card_steps_by_windows(names: Mapping[str, str], last_seq: int, before: str) -> list[Step]:
+    """The bulk build's window steps over (stored rows before the card) + (the card's rows).
+
+    Used when the card's own race is stored with an earlier start key (a hole in the card's history), where
+    the stored running numbers (race_seq_h, k_n, the shrinkage totals) do not apply.
+    """
 
     def group_aggs(name: str, keys: tuple[str, ...]) -> str:
         k = ", ".join(keys)
@@ -492,12 +664,7 @@ def features_for_card(
             f" WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_ga_{name})"
         )
 
-    # the stored running totals of the shrinkage fit, unless the card's own race is a hole in the history
-    mom_aggs, mom_cum = "_fx_moma", f"(SELECT * FROM feature_state_momc WHERE {before})"
-    if " AND " in before:
-        mom_aggs = f"(SELECT * FROM feature_state_moma WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_moma)"
-        mom_cum = "_fx_momc"
-    steps = [
+    return [
         *base_steps(
             _CARD_RACES.format(src=names["races"]),
             _CARD_RUNNERS.format(src=names["runners"]),
@@ -511,18 +678,77 @@ def features_for_card(
             group_aggs,
             f"(SELECT * FROM feature_state_run WHERE {before} AND horse_id IN (SELECT horse_id FROM _fx_run)"
             " UNION ALL BY NAME SELECT * FROM _fx_run)",
-            mom_aggs,
-            mom_cum,
+            f"(SELECT * FROM feature_state_moma WHERE {before} UNION ALL BY NAME SELECT * FROM _fx_moma)",
+            "_fx_momc",
         ),
     ]
+
+
+@contextlib.contextmanager
+def _windows_aggregate_arithmetic(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Aggregates computed as window functions compute them.
+
+    DuckDB's aggregate_function_rewriter turns a plain avg(DECIMAL) into sum / count in DOUBLE, which can
+    differ in the last bit from avg's own division (that window functions always use); the card's
+    aggregates stand for the bulk build's windows, so the rewrite is switched off for the card's query.
+    """
+    previous = str(conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0])
+    names = [n for n in previous.split(",") if n.strip()]
+    conn.execute(f"SET disabled_optimizers = '{_sql_str(','.join([*names, 'aggregate_function_rewriter']))}'")
     try:
-        # step by step: one WITH query of the same steps plans and runs about 3x slower
-        _execute_steps(conn, steps)
-        out = conn.execute("SELECT * FROM _fx_out").df()
+        yield
+    finally:
+        conn.execute(f"SET disabled_optimizers = '{_sql_str(previous)}'")
+
+
+def _with_query(steps: Sequence[Step]) -> str:
+    """The steps as one statement: each relation a CTE, the last one selected."""
+    *ctes, (_last, final) = steps
+    if not ctes:
+        return final
+    if final.lstrip().upper().startswith("WITH"):
+        final = f"SELECT * FROM ({final})"
+    return "WITH " + ", ".join(f"{name} AS ({sql})" for name, sql in ctes) + f" {final}"
+
+
+def features_for_card(
+    conn: duckdb.DuckDBPyConnection, card: Mapping[str, Any], as_of: date | datetime | str | None = None
+) -> pd.DataFrame:
+    """Features of one new race card: the bulk build's statements on the stored state plus the card's rows.
+
+    ``card`` = {"race": {race columns}, "runners": [{runner columns}], "horses": [{horse_id, sire, dam,
+    damsire, sex, foaled_year}] (optional, for horses not yet in the warehouse)}. Only races that start before
+    the card's race and are dated on or before ``as_of`` (default: the race date) are used.
+
+    The stored state (``refresh_card_state``: every run's base figures, every race's par aggregates, every
+    group's per-(key, race) totals, the shrinkage fit's running totals) is rebuilt first if the warehouse
+    changed since. The card's race comes after every race it may see, so each cumulative window of the bulk
+    build is, for the card's rows, an aggregate over stored rows (the card's horses' runs, its keys' totals):
+    one query with the bulk build's expressions, its windows as those aggregates, gives the card exactly the
+    features the bulk build gives that race.
+    """
+    started = time.perf_counter()
+    races, runners, horses = _card_frames(card)
+    race_date = races["date"].iloc[0]
+    cutoff = pd.Timestamp(as_of).date() if as_of is not None else race_date
+    cutoff = min(cutoff, race_date)
+    refresh_card_state(conn)
+    last_seq, before = _history_before(conn, races.iloc[0], cutoff)
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"_fx_card_{k}_{tag}" for k in ("races", "runners", "horses")}
+    for key, frame in (("races", races), ("runners", runners), ("horses", horses)):
+        conn.register(names[key], frame)
+    try:
+        if " AND " in before:
+            # step by step: one WITH query of the window steps plans and runs about 3x slower
+            _execute_steps(conn, _card_steps_by_windows(names, last_seq, before))
+            out = conn.execute("SELECT * FROM _fx_out").df()
+        else:
+            with _windows_aggregate_arithmetic(conn):
+                out = _run_card(conn, names, last_seq)
     except duckdb.Error as exc:
         raise FeatureBuildError(f"The race-card features failed: {exc}") from exc
     finally:
-        # the card's small temp tables stay until the next card or build replaces them (a drop costs ~1 ms each)
         for key in names:
             conn.unregister(names[key])
     out["race_seq"] = out["race_seq"].astype("int64")

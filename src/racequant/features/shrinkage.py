@@ -49,6 +49,20 @@ def _term(w: str, n: str) -> str:
     return f"coalesce(CAST({ratio} AS DECIMAL(38, 12)), 0)"
 
 
+def fitted_exprs() -> list[str]:
+    """m_<group>_<win|place> of every fitted group from the running totals ``c`` (a row of ``_fx_momc``)."""
+    fitted = []
+    for g, m_default in fitted_groups().items():
+        K, N, N2 = (f"coalesce(c.{g}_{c}, 0)" for c in ("K", "N", "N2"))
+        for what, col in (("win", "W"), ("place", "P")):
+            p = f"(c.{g}_{col} / c.{g}_N)"
+            tau2 = f"((c.{g}_Q{col} - {p} * {p} * {N} - ({K} - 1) * {p} * (1 - {p})) / ({N} - {N2} / {N}))"
+            fitted.append(f"""CASE WHEN {K} < {DEFAULT_MIN_ENTITIES} OR {N} < {DEFAULT_MIN_RUNS} OR {N2} >= {N} * {N}
+                THEN {m_default} WHEN {tau2} <= 0 THEN {M_MAX}
+                ELSE least(greatest({p} * (1 - {p}) / {tau2} - 1, {M_MIN}), {M_MAX}) END AS m_{g}_{what}""")
+    return fitted
+
+
 def steps(mom_aggs: str = "_fx_moma", mom_cum: str = "_fx_momc") -> list[tuple[str, str]]:
     """_fx_moma: per race and group, the change of the moment sums; _fx_momc: their running totals over
     ``mom_aggs``; _fx_mom: m per target race and group, from the last running total (of ``mom_cum``) before it.
@@ -67,18 +81,12 @@ def steps(mom_aggs: str = "_fx_moma", mom_cum: str = "_fx_momc") -> list[tuple[s
         WHERE n_own > 0 AND k_race_seq IN (SELECT race_seq FROM _fx_race)
         GROUP BY k_race_seq""")
     moma = " UNION ALL ".join(parts)
-    wide, cum, fitted = [], [], []
-    for g, m_default in fitted_groups().items():
+    wide, cum = [], []
+    for g in fitted_groups():
         for c in _SUMS:
             wide.append(f"sum(CASE WHEN grp = '{g}' THEN d{c.lower()} END) AS {g}_d{c}")
             cum.append(f"CAST(sum({g}_d{c}) OVER w AS DOUBLE) AS {g}_{c}")
-        K, N, N2 = (f"coalesce(c.{g}_{c}, 0)" for c in ("K", "N", "N2"))
-        for what, col in (("win", "W"), ("place", "P")):
-            p = f"(c.{g}_{col} / c.{g}_N)"
-            tau2 = f"((c.{g}_Q{col} - {p} * {p} * {N} - ({K} - 1) * {p} * (1 - {p})) / ({N} - {N2} / {N}))"
-            fitted.append(f"""CASE WHEN {K} < {DEFAULT_MIN_ENTITIES} OR {N} < {DEFAULT_MIN_RUNS} OR {N2} >= {N} * {N}
-                THEN {m_default} WHEN {tau2} <= 0 THEN {M_MAX}
-                ELSE least(greatest({p} * (1 - {p}) / {tau2} - 1, {M_MIN}), {M_MAX}) END AS m_{g}_{what}""")
+    fitted = fitted_exprs()
     # totals up to and including each race with changes; a target race takes the last one strictly before it
     momc = f"""
     WITH wide AS (SELECT race_seq, {", ".join(wide)} FROM {mom_aggs} GROUP BY race_seq)
