@@ -623,7 +623,10 @@ def _run_card(conn: duckdb.DuckDBPyConnection, names: Mapping[str, str], last_se
     conn.execute(f"CREATE OR REPLACE TEMP TABLE _fx_run AS {_with_query(_card_base(names, last_seq))}")
     *statements, (_name, final) = _card_statements(last_seq, _key_filters(conn))
     _execute_steps(conn, statements)
-    return conn.execute(final).df()
+    # as the bulk build copies its result out (Arrow), which is also faster than .df() for 150 columns
+    out = conn.sql(final).to_arrow_table().to_pandas(split_blocks=True, date_as_object=False)
+    out["race_date"] = out["race_date"].astype("datetime64[us]")
+    return out
 
 
 def _key_columns() -> tuple[str, ...]:
