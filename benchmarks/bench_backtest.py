@@ -1,7 +1,7 @@
 """Benchmark of the walk-forward backtest on Hong Kong 1997-2005.
 
     python benchmarks/bench_backtest.py [--runs goal,rolling,expanding] [--workers 2]
-                                        [--libraries lightgbm,xgboost] [--out bench-backtest]
+                                        [--libraries catboost,lightgbm,xgboost] [--out bench-backtest]
 
 Builds the warehouse and the point-in-time features from ../shared/data/hkjc-1997-2005, then runs:
 
@@ -11,7 +11,9 @@ Builds the warehouse and the point-in-time features from ../shared/data/hkjc-199
   window, 30-day test windows, retrained every 30 days);
 - ``expanding``: the same test windows, training on all history before each fold.
 
-Each run writes its report folder under --out and prints its headline; the summary goes to --out/summary.json.
+Each run writes its report folder under --out and prints its headline; the summary goes to --out/summary.json,
+with the machine (nproc, CPU model, RAM, date) and the 1-minute load average sampled every 15 s during each run
+(min / mean / max), since wall times on a shared machine mean little without it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,11 +76,45 @@ HEADLINE = [
 ]
 
 
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, RAM and date, for the benchmark record."""
+    cpu, ram_gb = platform.processor() or platform.machine(), None
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        meminfo = Path("/proc/meminfo").read_text().split()
+        ram_gb = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
+    except (OSError, ValueError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": ram_gb, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every ``every`` seconds in a daemon thread."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+        s = self.samples
+        return {"min": round(min(s), 2), "mean": round(sum(s) / len(s), 2), "max": round(max(s), 2), "n": len(s)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", default="goal,rolling,expanding")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--libraries", default="lightgbm,xgboost")
+    parser.add_argument("--libraries", default="catboost,lightgbm,xgboost")
     parser.add_argument("--out", type=Path, default=Path("bench-backtest"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -94,7 +131,7 @@ def main() -> None:
     print(f"warehouse + features: {len(frame)} runners, {len(columns)} fundamental features, {prep:.1f} s", flush=True)
     libraries = tuple(args.libraries.split(","))
     summary: dict[str, Any] = {
-        "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "prepare_seconds": round(prep, 1),
         "libraries": libraries,
         "workers": args.workers,
@@ -114,6 +151,7 @@ def main() -> None:
             expanding=spec["expanding"],
         )
         t0 = time.perf_counter()
+        load = LoadSampler()
 
         def tick(done: int, total: int, name: str = name, t0: float = t0) -> None:
             print(f"  [{name}] fold {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -127,12 +165,16 @@ def main() -> None:
             progress=tick,
         )
         wall = time.perf_counter() - t0
+        load_average = load.stop()
         paths = write_outputs(result, args.out / name)
         m = result.metrics
         row = {k: m.get(k) for k in HEADLINE}
         row.update(
             wall_seconds=round(wall, 1),
             n_folds=len(result.folds),
+            libraries=libraries,
+            started=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - wall)),
+            load_average_1min=load_average,
             a_mean=m["second_stage"]["a_mean"],
             b_mean=m["second_stage"]["b_mean"],
             report=str(paths["report"]),
