@@ -39,11 +39,26 @@ def card(race_no: int, n: int = 14, template: dict[str, Any] | None = None) -> d
     if template is not None:
         return {**template}
     return {
-        "race_id": f"B{race_no}", "date": "2024-03-03", "track": "ST", "distance": 1200, "surface": "turf",
-        "going": "GOOD", "race_class": "4",
-        "horses": [{"horse_id": f"B{race_no}-H{i}", "horse_name": f"Horse {i}", "draw": i + 1, "weight": 120.0,
-                    "jockey": f"J{i}", "trainer": f"T{i % 5}", "rating": 40.0 + i, "win_odds": 3.0 + i}
-                   for i in range(n)],
+        "race_id": f"B{race_no}",
+        "date": "2024-03-03",
+        "track": "ST",
+        "distance": 1200,
+        "surface": "turf",
+        "going": "GOOD",
+        "race_class": "4",
+        "horses": [
+            {
+                "horse_id": f"B{race_no}-H{i}",
+                "horse_name": f"Horse {i}",
+                "draw": i + 1,
+                "weight": 120.0,
+                "jockey": f"J{i}",
+                "trainer": f"T{i % 5}",
+                "rating": 40.0 + i,
+                "win_odds": 3.0 + i,
+            }
+            for i in range(n)
+        ],
     }
 
 
@@ -83,8 +98,10 @@ async def drive(url: str, clients: int, seconds: float, template: dict[str, Any]
             while time.perf_counter() < deadline:
                 counter += 1
                 body = json.dumps(card(counter, template=template)).encode()
-                raw = (b"POST /api/v1/quantify HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                raw = (
+                    b"POST /api/v1/quantify HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
                 started = time.perf_counter()
                 try:
                     status, answer = await _request(reader, writer, raw)
@@ -104,8 +121,12 @@ async def drive(url: str, clients: int, seconds: float, template: dict[str, Any]
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"latencies": latencies, "errors": errors, "acknowledged": [i.decode() for i in acknowledged],
-            "elapsed": elapsed}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "acknowledged": [i.decode() for i in acknowledged],
+        "elapsed": elapsed,
+    }
 
 
 def bare_prediction_ms(args: argparse.Namespace, template: dict[str, Any] | None) -> float:
@@ -146,14 +167,20 @@ def main() -> int:
         port = free_port()
         db = args.db or Path(tmp) / "bench.duckdb"
         predlog = Path(tmp) / "bench.predlog.duckdb"
-        env = {**os.environ, "RACEQUANT_DB": str(db), "RACEQUANT_PREDLOG": str(predlog),
-               "RACEQUANT_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "RACEQUANT_DB": str(db),
+            "RACEQUANT_PREDLOG": str(predlog),
+            "RACEQUANT_LOG_LEVEL": "WARNING",
+        }
         if args.models_dir:
             env["RACEQUANT_MODELS_DIR"] = str(args.models_dir)
         else:
             env["RACEQUANT_MODEL_VERSION"] = "market-baseline"
-        code = ("from racequant.serve import run_server; from racequant.settings import Settings; "
-                f"run_server(Settings(), '127.0.0.1', {port})")
+        code = (
+            "from racequant.serve import run_server; from racequant.settings import Settings; "
+            f"run_server(Settings(), '127.0.0.1', {port})"
+        )
         server = subprocess.Popen([sys.executable, "-c", code], env=env)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -177,12 +204,18 @@ def main() -> int:
     missing = len(set(result["acknowledged"]) - logged)
     bare = bare_prediction_ms(args, template)
     figures = {
-        "clients": args.clients, "seconds": round(result["elapsed"], 1), "requests": len(lat),
+        "clients": args.clients,
+        "seconds": round(result["elapsed"], 1),
+        "requests": len(lat),
         "throughput_rps": round(len(lat) / result["elapsed"], 1),
-        "p50_ms": round(percentile(lat, 0.50) * 1000, 1), "p99_ms": round(percentile(lat, 0.99) * 1000, 1),
-        "max_ms": round(max(lat) * 1000, 1), "errors": result["errors"],
-        "acknowledged_predictions": len(result["acknowledged"]), "missing_from_log": missing,
-        "bare_predict_ms": round(bare, 2), "predictor": "registry" if args.models_dir else "market-baseline",
+        "p50_ms": round(percentile(lat, 0.50) * 1000, 1),
+        "p99_ms": round(percentile(lat, 0.99) * 1000, 1),
+        "max_ms": round(max(lat) * 1000, 1),
+        "errors": result["errors"],
+        "acknowledged_predictions": len(result["acknowledged"]),
+        "missing_from_log": missing,
+        "bare_predict_ms": round(bare, 2),
+        "predictor": "registry" if args.models_dir else "market-baseline",
     }
     print(json.dumps(figures, indent=2))
     return 0 if not result["errors"] and missing == 0 else 1

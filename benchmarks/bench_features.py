@@ -55,8 +55,15 @@ def auc_table(conn, frame: pd.DataFrame) -> pd.DataFrame:  # type: ignore[no-unt
         if ok.sum() < 100 or data.loc[ok, "won"].nunique() < 2:
             continue
         auc = _auc(data.loc[ok, spec.name].to_numpy(float), data.loc[ok, "won"].to_numpy())
-        rows.append({"feature": spec.name, "category": spec.category, "auc": auc,
-                     "strength": max(auc, 1 - auc), "direction": "+" if auc >= 0.5 else "-"})
+        rows.append(
+            {
+                "feature": spec.name,
+                "category": spec.category,
+                "auc": auc,
+                "strength": max(auc, 1 - auc),
+                "direction": "+" if auc >= 0.5 else "-",
+            }
+        )
     return pd.DataFrame(rows).sort_values("strength", ascending=False)
 
 
@@ -72,11 +79,13 @@ def naive_pandas(conn) -> float:  # type: ignore[no-untyped-def]
     for _horse, g in runs.groupby("horse_id", sort=False):
         for i in range(len(g)):
             past = g.iloc[:i]
-            out.append((
-                past["finish_position"].tail(3).mean() if i else np.nan,
-                past["won"].mean() if i else np.nan,
-                (g["date"].iloc[i] - past["date"].iloc[-1]).days if i else np.nan,
-            ))
+            out.append(
+                (
+                    past["finish_position"].tail(3).mean() if i else np.nan,
+                    past["won"].mean() if i else np.nan,
+                    (g["date"].iloc[i] - past["date"].iloc[-1]).days if i else np.nan,
+                )
+            )
     return time.perf_counter() - started
 
 
@@ -109,13 +118,17 @@ def big_simulated_build(n_runners: int, memory_limit: str) -> None:
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, __file__, "--child-build", str(db_path), "--memory-limit", memory_limit],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         wall = time.perf_counter() - started
         rows, seconds = done.stdout.split()[-2:]
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-        print(f"simulated: {rows} feature rows built in {float(seconds):.1f} s (process wall {wall:.1f} s), "
-              f"peak RSS {peak:.2f} GiB, DuckDB memory_limit {memory_limit}")
+        print(
+            f"simulated: {rows} feature rows built in {float(seconds):.1f} s (process wall {wall:.1f} s), "
+            f"peak RSS {peak:.2f} GiB, DuckDB memory_limit {memory_limit}"
+        )
 
 
 def main() -> None:
@@ -145,7 +158,8 @@ def main() -> None:
         if name == "hkjc-1997-2005":
             race_id = conn.execute(
                 "SELECT race_id FROM runners WHERE status <> 'withdrawn' GROUP BY race_id HAVING count(*) = 14 "
-                "ORDER BY race_id DESC LIMIT 1").fetchone()[0]
+                "ORDER BY race_id DESC LIMIT 1"
+            ).fetchone()[0]
             card = card_of(conn, race_id)
             started = time.perf_counter()
             refresh_card_state(conn, force=True)
@@ -157,8 +171,10 @@ def main() -> None:
                 started = time.perf_counter()
                 features_for_card(conn, card)
                 times.append(time.perf_counter() - started)
-            print(f"{name}: one 14-runner card, median of 20 {np.median(times) * 1000:.0f} ms "
-                  f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})")
+            print(
+                f"{name}: one 14-runner card, median of 20 {np.median(times) * 1000:.0f} ms "
+                f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})"
+            )
             print(f"load average {os.getloadavg()[0]:.2f}")
             if args.card_only:
                 return
@@ -169,10 +185,14 @@ def main() -> None:
         report.append(f"## Coverage on {name}\n\n| feature | share non-missing |\n|---|---|")
         report += [f"| {k} | {v:.3f} |" for k, v in cov.items()]
         aucs = auc_table(conn, frame)
-        report.append(f"\n## Strongest univariate win AUC on {name}\n\n| feature | category | AUC | direction |\n"
-                      "|---|---|---|---|")
-        report += [f"| {r.feature} | {r.category} | {r.strength:.3f} | {r.direction} |"
-                   for r in aucs[aucs["category"] != "market"].head(20).itertuples()]
+        report.append(
+            f"\n## Strongest univariate win AUC on {name}\n\n| feature | category | AUC | direction |\n"
+            "|---|---|---|---|"
+        )
+        report += [
+            f"| {r.feature} | {r.category} | {r.strength:.3f} | {r.direction} |"
+            for r in aucs[aucs["category"] != "market"].head(20).itertuples()
+        ]
         report.append("")
         conn.close()
     with tempfile.TemporaryDirectory() as tmp:

@@ -62,12 +62,20 @@ class SubprocessServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SubprocessServer:
-        env = {**os.environ, "RACEQUANT_DB": str(self.db), "RACEQUANT_MODEL_VERSION": "market-baseline",
-               "RACEQUANT_API_KEYS": API_KEY, "RACEQUANT_LOG_LEVEL": "WARNING"}
-        code = ("from racequant.serve import run_server; from racequant.settings import Settings; "
-                f"run_server(Settings(), '127.0.0.1', {self.port})")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        env = {
+            **os.environ,
+            "RACEQUANT_DB": str(self.db),
+            "RACEQUANT_MODEL_VERSION": "market-baseline",
+            "RACEQUANT_API_KEYS": API_KEY,
+            "RACEQUANT_LOG_LEVEL": "WARNING",
+        }
+        code = (
+            "from racequant.serve import run_server; from racequant.settings import Settings; "
+            f"run_server(Settings(), '127.0.0.1', {self.port})"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -115,37 +123,81 @@ class FixturePredictor:
         out = []
         for r, w in zip(runners, weights, strict=True):
             p = w / total
-            out.append({
-                "race_id": card.race_id, "horse_id": r.horse_id, "horse_name": r.horse_name,
-                "win_prob_base": p, "place_prob_base": min(1.0, 3 * p), "win_prob_lower": p * 0.8,
-                "win_prob_upper": min(1.0, p * 1.2), "place_prob_lower": min(1.0, 2.5 * p),
-                "place_prob_upper": min(1.0, 3.5 * p),
-                "catboost_win": p, "lightgbm_win": p, "xgboost_win": p,
-                "top_features": [{"feature": "rating", "importance": 0.1}],
-                "speed_rating": 80.0, "class_rating": None, "sectional_l200": float("nan"),
-                "quant_triple_scenario": "mixed", "calibration_group": card.track,
-                "prediction_timestamp": datetime.now(UTC),
-                "_features": {"rating": r.rating, "draw": r.draw},
-            })
+            out.append(
+                {
+                    "race_id": card.race_id,
+                    "horse_id": r.horse_id,
+                    "horse_name": r.horse_name,
+                    "win_prob_base": p,
+                    "place_prob_base": min(1.0, 3 * p),
+                    "win_prob_lower": p * 0.8,
+                    "win_prob_upper": min(1.0, p * 1.2),
+                    "place_prob_lower": min(1.0, 2.5 * p),
+                    "place_prob_upper": min(1.0, 3.5 * p),
+                    "catboost_win": p,
+                    "lightgbm_win": p,
+                    "xgboost_win": p,
+                    "top_features": [{"feature": "rating", "importance": 0.1}],
+                    "speed_rating": 80.0,
+                    "class_rating": None,
+                    "sectional_l200": float("nan"),
+                    "quant_triple_scenario": "mixed",
+                    "calibration_group": card.track,
+                    "prediction_timestamp": datetime.now(UTC),
+                    "_features": {"rating": r.rating, "draw": r.draw},
+                }
+            )
         return out
 
 
 def race_body(race_id: str = "R1", n: int = 14, **race: Any) -> dict[str, Any]:
     """A race request in the seed's form (race fields beside ``horses``)."""
     return {
-        "race_id": race_id, "date": "2024-03-03", "track": "ST", "distance": 1200, "surface": "turf",
-        "going": "GOOD", "race_class": "4", **race,
-        "horses": [{"horse_id": f"{race_id}-H{i}", "horse_name": f"Horse {i}", "draw": (i % 24) + 1,
-                    "weight": 120.0, "jockey": f"J{i}", "trainer": f"T{i % 5}", "rating": 40.0 + i,
-                    "win_odds": 3.0 + i} for i in range(n)],
+        "race_id": race_id,
+        "date": "2024-03-03",
+        "track": "ST",
+        "distance": 1200,
+        "surface": "turf",
+        "going": "GOOD",
+        "race_class": "4",
+        **race,
+        "horses": [
+            {
+                "horse_id": f"{race_id}-H{i}",
+                "horse_name": f"Horse {i}",
+                "draw": (i % 24) + 1,
+                "weight": 120.0,
+                "jockey": f"J{i}",
+                "trainer": f"T{i % 5}",
+                "rating": 40.0 + i,
+                "win_odds": 3.0 + i,
+            }
+            for i in range(n)
+        ],
     }
 
 
 def qualitative(race_id: str, horse_ids: list[str]) -> list[dict[str, Any]]:
-    narrative = ("A steady, consistent type who handles the track well and races prominently from a good draw; "
-                 "the form lines are solid and the trainer's yard is in good heart at this meeting.")
-    return [{"race_id": race_id, "horse_id": h, "horse_name": h, "lr_form_fitness": 1.2 if i == 0 else 1.0,
-             "lr_conditions": 1.0, "lr_tactics": 1.0, "lr_context": 1.0, "lr_product": 1.2 if i == 0 else 1.0,
-             "key_strengths": ["draw"], "key_concerns": [], "race_narrative": narrative,
-             "qualitative_confidence": 0.5, "model_chain": "analyst", "prediction_timestamp": "2024-03-02T10:00:00"}
-            for i, h in enumerate(horse_ids)]
+    narrative = (
+        "A steady, consistent type who handles the track well and races prominently from a good draw; "
+        "the form lines are solid and the trainer's yard is in good heart at this meeting."
+    )
+    return [
+        {
+            "race_id": race_id,
+            "horse_id": h,
+            "horse_name": h,
+            "lr_form_fitness": 1.2 if i == 0 else 1.0,
+            "lr_conditions": 1.0,
+            "lr_tactics": 1.0,
+            "lr_context": 1.0,
+            "lr_product": 1.2 if i == 0 else 1.0,
+            "key_strengths": ["draw"],
+            "key_concerns": [],
+            "race_narrative": narrative,
+            "qualitative_confidence": 0.5,
+            "model_chain": "analyst",
+            "prediction_timestamp": "2024-03-02T10:00:00",
+        }
+        for i, h in enumerate(horse_ids)
+    ]

@@ -65,9 +65,7 @@ def test_the_slices_are_those_the_models_pipeline_cuts() -> None:
 
 
 def test_every_test_race_day_is_in_exactly_one_fold_and_after_its_training() -> None:
-    folds = WalkForwardSplit("2000-07-01", "2001-06-30", test_window_days=30, retrain_every_days=14).split(
-        RACE_DATES
-    )
+    folds = WalkForwardSplit("2000-07-01", "2001-06-30", test_window_days=30, retrain_every_days=14).split(RACE_DATES)
     days = sorted({d.date() for d in RACE_DATES if D("2000-07-01") <= d.date() <= D("2001-06-30")})
     owners = [[f.index for f in folds if f.test_start <= d <= f.test_end] for d in days]
     assert all(len(o) == 1 for o in owners)

@@ -132,8 +132,22 @@ def test_train_until_a_date_saves_a_version_trained_before_it(trained_model: Tra
     db = _copy_warehouse(trained_model, tmp_path)
     until = trained_model.cut.isoformat()
     result = _invoke(
-        "train", "--until", until, "--version", "v-test", "--models-dir", str(tmp_path / "m"), "--db", str(db),
-        "--json", "--n-estimators", "60", "--learning-rate", "0.1", "--n-jobs", "1",
+        "train",
+        "--until",
+        until,
+        "--version",
+        "v-test",
+        "--models-dir",
+        str(tmp_path / "m"),
+        "--db",
+        str(db),
+        "--json",
+        "--n-estimators",
+        "60",
+        "--learning-rate",
+        "0.1",
+        "--n-jobs",
+        "1",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -169,12 +183,21 @@ def test_qual_import_then_fuse_a_card_with_the_model(trained_model: TrainedModel
     data = json.loads(card.read_text())
     qual = [
         {
-            "race_id": data["race_id"], "horse_id": h["horse_id"], "horse_name": h["horse_name"],
-            "lr_form_fitness": 2.0 if i == 0 else 1.0, "lr_conditions": 1.0, "lr_tactics": 1.0, "lr_context": 1.0,
-            "lr_product": 2.0 if i == 0 else 1.0, "key_strengths": [], "key_concerns": [],
+            "race_id": data["race_id"],
+            "horse_id": h["horse_id"],
+            "horse_name": h["horse_name"],
+            "lr_form_fitness": 2.0 if i == 0 else 1.0,
+            "lr_conditions": 1.0,
+            "lr_tactics": 1.0,
+            "lr_context": 1.0,
+            "lr_product": 2.0 if i == 0 else 1.0,
+            "key_strengths": [],
+            "key_concerns": [],
             "race_narrative": "A test narrative about pace, draw and conditions, long enough to pass the schema: "
             "the leaders are drawn wide and the rail should favour horses settling midfield on good turf.",
-            "qualitative_confidence": 0.5, "model_chain": "test", "prediction_timestamp": "2020-01-01T00:00:00Z",
+            "qualitative_confidence": 0.5,
+            "model_chain": "test",
+            "prediction_timestamp": "2020-01-01T00:00:00Z",
         }
         for i, h in enumerate(data["horses"])
     ]
@@ -201,8 +224,24 @@ def test_backtest_writes_the_report_and_the_headline_beside_the_market(
     out = tmp_path / "bt"
     first_day = trained_model.cut.isoformat()
     result = _invoke(
-        "backtest", "--start", first_day, "--end", first_day, "--train-window-days", "120", "--test-window-days",
-        "30", "--out", str(out), "--workers", "1", "--n-estimators", "40", "--db", str(db), "--json",
+        "backtest",
+        "--start",
+        first_day,
+        "--end",
+        first_day,
+        "--train-window-days",
+        "120",
+        "--test-window-days",
+        "30",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--n-estimators",
+        "40",
+        "--db",
+        str(db),
+        "--json",
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)["metrics"]
@@ -214,8 +253,19 @@ def test_backtest_writes_the_report_and_the_headline_beside_the_market(
 
 def test_backtest_refuses_workers_and_scheduler_together(tmp_path: Path) -> None:
     result = _invoke(
-        "backtest", "--start", "2020-01-01", "--end", "2020-02-01", "--out", str(tmp_path / "bt"),
-        "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786", "--db", str(tmp_path / "w.duckdb"),
+        "backtest",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2020-02-01",
+        "--out",
+        str(tmp_path / "bt"),
+        "--workers",
+        "2",
+        "--scheduler",
+        "tcp://127.0.0.1:8786",
+        "--db",
+        str(tmp_path / "w.duckdb"),
     )
     assert result.exit_code != 0
     assert "--workers" in result.output

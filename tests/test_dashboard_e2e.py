@@ -23,8 +23,16 @@ from model_fixtures import TrainedModel, trained_model  # noqa: F401  (the sessi
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "dashboard-race-card.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 START_TIMEOUT_S = 120
 RENDER_TIMEOUT_MS = 180_000  # the first prediction loads the model and builds the card's features on a busy machine
 
@@ -32,8 +40,13 @@ RENDER_TIMEOUT_MS = 180_000  # the first prediction loads the model and builds t
 def _chromium() -> Path:
     """Debian's chromium, installed here if absent and possible; skip only when it cannot be had."""
     if not CHROMIUM.exists() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True, check=False,
-                       capture_output=True, timeout=900)
+        subprocess.run(
+            "apt-get update -qq && apt-get install -y -qq chromium",
+            shell=True,
+            check=False,
+            capture_output=True,
+            timeout=900,
+        )
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent and could not be installed (apt-get install chromium needs root)")
     return CHROMIUM
@@ -52,9 +65,24 @@ def dashboard_url(trained_model: TrainedModel, tmp_path: Path) -> Iterator[str]:
     env.pop("RACEQUANT_MODEL_VERSION", None)
     log = (tmp_path / "dashboard.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from racequant.cli import main; main()", "dashboard", "--port", str(port),
-         "--host", "127.0.0.1", "--db", str(trained_model.db), "--models-dir", str(trained_model.models_dir)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "from racequant.cli import main; main()",
+            "dashboard",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--db",
+            str(trained_model.db),
+            "--models-dir",
+            str(trained_model.models_dir),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -46,9 +46,12 @@ def _store_backtest(db: Path, cut: str, end: str) -> pd.DataFrame:
         columns = ["rating_today", "speed_last_3_avg", "jockey_win_rate"]
         frame[columns] = frame[columns].astype(float).fillna(frame[columns].astype(float).mean())
         result = run_backtest(
-            frame, ConditionalLogitPipeline(),
+            frame,
+            ConditionalLogitPipeline(),
             WalkForwardSplit(cut, end, test_window_days=14, retrain_every_days=14, expanding=True),
-            feature_columns=columns, n_bootstrap=50, second_stage_min_races=20,
+            feature_columns=columns,
+            n_bootstrap=50,
+            second_stage_min_races=20,
         )
         store_result(conn, result)
     return result.predictions
@@ -63,17 +66,31 @@ def _write_prediction_log(log: Path, predictions: pd.DataFrame) -> None:
     rows = []
     for r in predictions.itertuples():
         day = pd.Timestamp(r.date).date()
-        rows.append({
-            "prediction_id": uuid.uuid4().hex, "request_id": r.race_id, "race_id": r.race_id, "horse_id": r.horse_id,
-            "timestamp": datetime(day.year, day.month, day.day, 12, tzinfo=UTC), "race_date": day,
-            "win_prob": r.win_prob, "place_prob": r.place_prob, "win_prob_lower": r.win_prob_lower,
-            "win_prob_upper": r.win_prob_upper, "place_prob_lower": None, "place_prob_upper": None,
-            "model_version": "fixture-v1", "feature_version": "f", "calibration_group": r.track,
-            "latency_ms": 40.0, "features_json": None,
-        })
+        rows.append(
+            {
+                "prediction_id": uuid.uuid4().hex,
+                "request_id": r.race_id,
+                "race_id": r.race_id,
+                "horse_id": r.horse_id,
+                "timestamp": datetime(day.year, day.month, day.day, 12, tzinfo=UTC),
+                "race_date": day,
+                "win_prob": r.win_prob,
+                "place_prob": r.place_prob,
+                "win_prob_lower": r.win_prob_lower,
+                "win_prob_upper": r.win_prob_upper,
+                "place_prob_lower": None,
+                "place_prob_upper": None,
+                "model_version": "fixture-v1",
+                "feature_version": "f",
+                "calibration_group": r.track,
+                "latency_ms": 40.0,
+                "features_json": None,
+            }
+        )
     outcomes = {
-        race_id: [(h, None if pd.isna(p) else int(p), "finished") for h, p in zip(g.horse_id, g.finish_position,
-                                                                                   strict=True)]
+        race_id: [
+            (h, None if pd.isna(p) else int(p), "finished") for h, p in zip(g.horse_id, g.finish_position, strict=True)
+        ]
         for race_id, g in predictions.groupby("race_id")
     }
     with prediction_log.open_log(log) as conn:
@@ -158,8 +175,12 @@ def test_race_card_picks_another_race_by_number(env: DashboardData) -> None:
 def test_backtest_page_shows_the_headline_with_the_market_row_and_the_groups(env: DashboardData) -> None:
     at = run_page("backtest")
     headline = at.table[0].value
-    assert list(headline.index) == ["model (fundamental)", "market (odds)", "market recalibrated",
-                                    "combined (model + market)"]
+    assert list(headline.index) == [
+        "model (fundamental)",
+        "market (odds)",
+        "market recalibrated",
+        "combined (model + market)",
+    ]
     assert float(headline.loc["market (odds)", "pseudo-R2"]) > 0
     titles = [s.value for s in at.subheader]
     assert titles == ["Headline", "Bankroll", "Per fold over time", "By track", "By class"]
@@ -176,8 +197,9 @@ def test_monitoring_page_shows_daily_metrics_drift_flags_and_alerts(env: Dashboa
     assert (alerts["kind"] == "latency").any()
 
 
-def test_monitoring_page_explains_a_missing_prediction_log(env: DashboardData, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_monitoring_page_explains_a_missing_prediction_log(
+    env: DashboardData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RACEQUANT_PREDLOG", str(tmp_path / "none.predlog.duckdb"))
     at = AppTest.from_file(str(PAGES / "monitoring.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
@@ -193,8 +215,9 @@ def test_models_page_lists_the_registry_and_the_loaded_version(env: DashboardDat
     assert "fixture-v1" in at.success[0].value
 
 
-def test_pages_say_what_is_missing_without_a_warehouse_or_models(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pages_say_what_is_missing_without_a_warehouse_or_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RACEQUANT_DB", str(tmp_path / "absent.duckdb"))
     monkeypatch.setenv("RACEQUANT_MODELS_DIR", str(tmp_path / "no-models"))
     for page in ("race_card", "backtest"):

@@ -38,9 +38,7 @@ def test_the_card_state_is_stored_once_and_rebuilt_when_the_warehouse_changes(si
 def test_a_card_after_a_change_to_the_warehouse_still_equals_the_bulk_build(sim_conn):
     features_for_card(sim_conn, card_of(sim_conn, sim_conn.execute("SELECT min(race_id) FROM races").fetchall()[0][0]))
     first = sim_conn.execute("SELECT min(date) FROM races").fetchall()[0][0]
-    sim_conn.execute(
-        "DELETE FROM runners WHERE race_id IN (SELECT race_id FROM races WHERE date = ?)", [first]
-    )
+    sim_conn.execute("DELETE FROM runners WHERE race_id IN (SELECT race_id FROM races WHERE date = ?)", [first])
     sim_conn.execute("DELETE FROM races WHERE date = ?", [first])
     # a direct SQL edit is not an import: the fingerprint sees it through the row counts
     full = build_features(sim_conn)

@@ -53,9 +53,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 DRIFT = {
-    "as_of": "2024-01-27", "flags": ["performance", "features"],
-    "performance": {"auc_flag": True, "ece_flag": False, "auc_drop": 0.08, "auc_drop_max": 0.05, "ece_max": 0.1,
-                    "recent": {"win_ece": 0.03}},
+    "as_of": "2024-01-27",
+    "flags": ["performance", "features"],
+    "performance": {
+        "auc_flag": True,
+        "ece_flag": False,
+        "auc_drop": 0.08,
+        "auc_drop_max": 0.05,
+        "ece_max": 0.1,
+        "recent": {"win_ece": 0.03},
+    },
     "features": {"flag": True, "drifted": ["rating", "draw"]},
     "interval_coverage": {"flag": False},
 }
@@ -92,8 +99,14 @@ def test_an_unreachable_webhook_falls_back_to_the_log(tmp_path: Path, caplog: py
     dead.close()  # nothing listens there any more
     log = tmp_path / "w.predlog.duckdb"
     with caplog.at_level(logging.WARNING, logger="racequant.monitor.alerts"):
-        sent = send_alerts([{"kind": "drift", "message": "Drift: PSI"}], webhook_url=url, timeout_s=0.5, retries=1,
-                           backoff_s=0.01, log=log)
+        sent = send_alerts(
+            [{"kind": "drift", "message": "Drift: PSI"}],
+            webhook_url=url,
+            timeout_s=0.5,
+            retries=1,
+            backoff_s=0.01,
+            log=log,
+        )
     assert not sent[0]["delivered"]
     assert any("ALERT drift: Drift: PSI" in r.getMessage() for r in caplog.records)
     with prediction_log.open_log(log, read_only=True) as conn:
@@ -106,8 +119,9 @@ def test_without_a_webhook_alerts_go_to_the_log(caplog: pytest.LogCaptureFixture
     assert not sent[0]["delivered"] and "ALERT calibration" in caplog.text
 
 
-def test_check_and_alert_runs_metrics_and_drift_and_sends_what_they_call_for(receiver: Receiver,
-                                                                              tmp_path: Path) -> None:
+def test_check_and_alert_runs_metrics_and_drift_and_sends_what_they_call_for(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     import uuid
     from datetime import UTC, datetime
 
@@ -116,10 +130,24 @@ def test_check_and_alert_runs_metrics_and_drift_and_sends_what_they_call_for(rec
     log = tmp_path / "w.predlog.duckdb"
     at = datetime(2024, 2, 1, 12, tzinfo=UTC)
     with prediction_log.open_log(log) as conn:
-        prediction_log.insert_predictions(conn, [
-            {"prediction_id": uuid.uuid4().hex, "request_id": "q", "race_id": "R", "horse_id": f"H{i}",
-             "timestamp": at, "race_date": at.date(), "win_prob": 0.5, "place_prob": 0.5, "model_version": "m",
-             "latency_ms": 900.0} for i in range(8)])
+        prediction_log.insert_predictions(
+            conn,
+            [
+                {
+                    "prediction_id": uuid.uuid4().hex,
+                    "request_id": "q",
+                    "race_id": "R",
+                    "horse_id": f"H{i}",
+                    "timestamp": at,
+                    "race_date": at.date(),
+                    "win_prob": 0.5,
+                    "place_prob": 0.5,
+                    "model_version": "m",
+                    "latency_ms": 900.0,
+                }
+                for i in range(8)
+            ],
+        )
     settings = Settings(alert_webhook_url=receiver.url, alert_retries=0)
     sent = check_and_alert(log, settings, day="2024-02-01")
     assert [a["kind"] for a in sent] == ["latency"] and sent[0]["delivered"]

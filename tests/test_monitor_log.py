@@ -17,11 +17,28 @@ from racequant.warehouse import prediction_log
 
 def rows(race_id: str, n: int, at: datetime | None = None) -> list[dict[str, Any]]:
     at = at or datetime.now(UTC)
-    return [{"prediction_id": uuid.uuid4().hex, "request_id": race_id, "race_id": race_id, "horse_id": f"H{i}",
-             "timestamp": at, "race_date": at.date(), "win_prob": 1 / n, "place_prob": min(1.0, 3 / n),
-             "win_prob_lower": 0.5 / n, "win_prob_upper": 1.5 / n, "place_prob_lower": None, "place_prob_upper": None,
-             "model_version": "m1", "feature_version": "f1", "calibration_group": "ST", "latency_ms": 3.0,
-             "features_json": None} for i in range(n)]
+    return [
+        {
+            "prediction_id": uuid.uuid4().hex,
+            "request_id": race_id,
+            "race_id": race_id,
+            "horse_id": f"H{i}",
+            "timestamp": at,
+            "race_date": at.date(),
+            "win_prob": 1 / n,
+            "place_prob": min(1.0, 3 / n),
+            "win_prob_lower": 0.5 / n,
+            "win_prob_upper": 1.5 / n,
+            "place_prob_lower": None,
+            "place_prob_upper": None,
+            "model_version": "m1",
+            "feature_version": "f1",
+            "calibration_group": "ST",
+            "latency_ms": 3.0,
+            "features_json": None,
+        }
+        for i in range(n)
+    ]
 
 
 def test_the_log_lives_in_its_own_file_beside_the_warehouse(tmp_path: Path) -> None:
@@ -67,7 +84,8 @@ def test_outcomes_mark_win_and_hong_kong_place_terms(tmp_path: Path) -> None:
         now = datetime.now(UTC)
         assert prediction_log.record_outcomes(conn, "BIG", [(f"H{i}", i + 1, "finished") for i in range(8)], now) == 8
         prediction_log.record_outcomes(
-            conn, "SMALL", [(f"H{i}", i + 1, "finished") for i in range(4)] + [("H4", None, "withdrawn")], now)
+            conn, "SMALL", [(f"H{i}", i + 1, "finished") for i in range(4)] + [("H4", None, "withdrawn")], now
+        )
         frame = prediction_log.predictions_frame(conn).set_index(["race_id", "horse_id"])
     assert frame.loc[("BIG", "H0"), "won"] and not frame.loc[("BIG", "H1"), "won"]
     assert frame.loc[("BIG", "H2"), "placed"] and not frame.loc[("BIG", "H3"), "placed"]  # 7+ runners: 3 places
@@ -76,8 +94,10 @@ def test_outcomes_mark_win_and_hong_kong_place_terms(tmp_path: Path) -> None:
 
 
 def test_a_missing_log_cannot_be_read(tmp_path: Path) -> None:
-    with pytest.raises(WarehouseError, match="no prediction log"), \
-            prediction_log.open_log(tmp_path / "none.predlog.duckdb", read_only=True):
+    with (
+        pytest.raises(WarehouseError, match="no prediction log"),
+        prediction_log.open_log(tmp_path / "none.predlog.duckdb", read_only=True),
+    ):
         pass
 
 

@@ -17,8 +17,16 @@ from racequant.monitor.drift import drift_report
 from racequant.warehouse import prediction_log
 
 
-def simulate_day(conn: object, day: date, n_races: int, rng: np.random.Generator, *, skill: float = 1.0,
-                 shift: float = 0.0, latency: float = 5.0) -> None:
+def simulate_day(
+    conn: object,
+    day: date,
+    n_races: int,
+    rng: np.random.Generator,
+    *,
+    skill: float = 1.0,
+    shift: float = 0.0,
+    latency: float = 5.0,
+) -> None:
     """Races of 10 runners whose winners follow the logged win probabilities (``skill`` 0: random winners)."""
     rows, outcomes = [], {}
     at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
@@ -29,12 +37,27 @@ def simulate_day(conn: object, day: date, n_races: int, rng: np.random.Generator
         truth = np.exp(skill * strength) / np.exp(skill * strength).sum()
         order = rng.choice(10, size=10, replace=False, p=truth)
         for i in range(10):
-            rows.append({"prediction_id": uuid.uuid4().hex, "request_id": race_id, "race_id": race_id,
-                         "horse_id": f"H{i}", "timestamp": at, "race_date": day, "win_prob": float(p[i]),
-                         "place_prob": float(min(1, 3 * p[i])), "win_prob_lower": float(p[i] * 0.7),
-                         "win_prob_upper": float(p[i] * 1.3), "place_prob_lower": None, "place_prob_upper": None,
-                         "model_version": "m", "feature_version": "f", "calibration_group": "ST",
-                         "latency_ms": latency, "features_json": json.dumps({"rating": float(rng.normal(shift))})})
+            rows.append(
+                {
+                    "prediction_id": uuid.uuid4().hex,
+                    "request_id": race_id,
+                    "race_id": race_id,
+                    "horse_id": f"H{i}",
+                    "timestamp": at,
+                    "race_date": day,
+                    "win_prob": float(p[i]),
+                    "place_prob": float(min(1, 3 * p[i])),
+                    "win_prob_lower": float(p[i] * 0.7),
+                    "win_prob_upper": float(p[i] * 1.3),
+                    "place_prob_lower": None,
+                    "place_prob_upper": None,
+                    "model_version": "m",
+                    "feature_version": "f",
+                    "calibration_group": "ST",
+                    "latency_ms": latency,
+                    "features_json": json.dumps({"rating": float(rng.normal(shift))}),
+                }
+            )
         outcomes[race_id] = [(f"H{h}", pos + 1, "finished") for pos, h in enumerate(order)]
     prediction_log.insert_predictions(conn, rows)  # type: ignore[arg-type]
     prediction_log.record_many_outcomes(conn, outcomes, at)  # type: ignore[arg-type]
@@ -104,8 +127,17 @@ def test_interval_coverage_drift_flags_intervals_that_miss_the_observed_frequenc
     n = 3000
     p = rng.uniform(0.02, 0.4, size=n)
     won = rng.uniform(size=n) < p
-    frame = pd.DataFrame({"race_id": np.arange(n) // 10, "horse_id": np.arange(n), "win_prob": p, "won": won,
-                          "place_prob": np.nan, "placed": np.nan, "timestamp": datetime(2024, 1, 1)})
+    frame = pd.DataFrame(
+        {
+            "race_id": np.arange(n) // 10,
+            "horse_id": np.arange(n),
+            "win_prob": p,
+            "won": won,
+            "place_prob": np.nan,
+            "placed": np.nan,
+            "timestamp": datetime(2024, 1, 1),
+        }
+    )
     wide = frame.assign(win_prob_lower=p * 0.7, win_prob_upper=p * 1.3)
     wrong = frame.assign(win_prob_lower=p * 1.5, win_prob_upper=p * 1.8)  # the intervals sit above the truth
     assert not drift_report(wide, as_of=date(2024, 1, 1))["interval_coverage"]["flag"]

@@ -102,8 +102,15 @@ def test_inline_past_runs_change_the_features_of_that_horse_only(predictor: Pred
     before = predictor.features(conn, card).set_index("horse_id")
     first = card["horses"][0]
     first["past_runs"] = [
-        {"date": "2015-12-01", "finish_position": 1, "field_size": 12, "finish_time_s": 70.2, "distance": 1200,
-         "going": "GOOD", "race_class": "4"},
+        {
+            "date": "2015-12-01",
+            "finish_position": 1,
+            "field_size": 12,
+            "finish_time_s": 70.2,
+            "distance": 1200,
+            "going": "GOOD",
+            "race_class": "4",
+        },
         {"date": "2015-12-20", "finish_position": 3, "field_size": 10, "margin_lengths": 1.5, "distance": 1400},
     ]
     after = predictor.features(conn, card).set_index("horse_id")

@@ -23,8 +23,12 @@ def fixture_features(horse_id: str, race_id: str | None, race: dict[str, Any] | 
         raise NotFoundError(f"horse_id: horse {horse_id!r} is not in the warehouse.")
     if race_id is not None and race_id == "NO-SUCH-RACE":
         raise NotFoundError(f"race_id: race {race_id!r} is not in the warehouse.")
-    return {"horse_id": horse_id, "race_id": race_id, "feature_version": "fixture-features",
-            "features": {"rating": 50.0, "track": (race or {}).get("track")}}
+    return {
+        "horse_id": horse_id,
+        "race_id": race_id,
+        "feature_version": "fixture-features",
+        "features": {"rating": 50.0, "track": (race or {}).get("track")},
+    }
 
 
 def fixture_backtest(params: dict[str, Any]) -> dict[str, Any]:
@@ -40,8 +44,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def server(settings: Settings) -> Iterator[ThreadServer]:
-    app = create_app(settings, FixturePredictor(), feature_lookup=fixture_features, backtest_runner=fixture_backtest,
-                     reference_features=None)
+    app = create_app(
+        settings,
+        FixturePredictor(),
+        feature_lookup=fixture_features,
+        backtest_runner=fixture_backtest,
+        reference_features=None,
+    )
     with ThreadServer(app) as srv:
         yield srv
 
@@ -74,11 +83,29 @@ def test_quantify_answers_every_runner_in_the_output_schema_and_logs_them(client
     assert body["metadata"]["feature_version"] == "fixture-features"
     preds = body["predictions"]
     assert abs(sum(p["win_prob_base"] for p in preds) - 1) < 1e-9
-    assert set(preds[0]) >= {"race_id", "horse_id", "horse_name", "win_prob_base", "place_prob_base",
-                             "win_prob_lower", "win_prob_upper", "place_prob_lower", "place_prob_upper",
-                             "catboost_win", "lightgbm_win", "xgboost_win", "top_features", "speed_rating",
-                             "class_rating", "sectional_l200", "quant_triple_scenario", "model_version",
-                             "feature_version", "calibration_group", "prediction_timestamp"}
+    assert set(preds[0]) >= {
+        "race_id",
+        "horse_id",
+        "horse_name",
+        "win_prob_base",
+        "place_prob_base",
+        "win_prob_lower",
+        "win_prob_upper",
+        "place_prob_lower",
+        "place_prob_upper",
+        "catboost_win",
+        "lightgbm_win",
+        "xgboost_win",
+        "top_features",
+        "speed_rating",
+        "class_rating",
+        "sectional_l200",
+        "quant_triple_scenario",
+        "model_version",
+        "feature_version",
+        "calibration_group",
+        "prediction_timestamp",
+    }
     assert preds[0]["sectional_l200"] is None  # NaN is sent as null
     assert "_features" not in preds[0]
     logged = client.get("/api/v1/monitoring/predictions", params={"race_id": "Q1"}).json()
@@ -156,15 +183,17 @@ def test_results_update_the_log_and_unknown_races_or_horses_are_404s(client: htt
     results = [{"horse_id": f"RES-H{i}", "finish_position": i + 1} for i in range(8)]
     r = client.post("/api/v1/results", json={"race_id": "RES", "results": results}, headers=KEY)
     assert r.status_code == 200 and r.json() == {"race_id": "RES", "n_results": 8, "predictions_updated": 8}
-    logged = {p["horse_id"]: p for p in client.get("/api/v1/monitoring/predictions",
-                                                   params={"race_id": "RES"}).json()}
+    logged = {p["horse_id"]: p for p in client.get("/api/v1/monitoring/predictions", params={"race_id": "RES"}).json()}
     assert logged["RES-H0"]["won"] is True and logged["RES-H2"]["placed"] is True
     assert logged["RES-H3"]["placed"] is False and logged["RES-H7"]["won"] is False
 
     r = client.post("/api/v1/results", json={"race_id": "NOPE", "results": results}, headers=KEY)
     assert r.status_code == 404 and "NOPE" in r.json()["detail"] and "race_id" in r.json()["detail"]
-    r = client.post("/api/v1/results", json={"race_id": "RES", "results": [
-        {"horse_id": "GHOST", "finish_position": 1}]}, headers=KEY)
+    r = client.post(
+        "/api/v1/results",
+        json={"race_id": "RES", "results": [{"horse_id": "GHOST", "finish_position": 1}]},
+        headers=KEY,
+    )
     assert r.status_code == 404 and "GHOST" in r.json()["detail"]
     r = client.post("/api/v1/results", json={"race_id": "RES", "results": [{"horse_id": "RES-H0"}]}, headers=KEY)
     assert "results.0.finish_position" in fields(r)
@@ -182,8 +211,9 @@ def test_monitoring_metrics_and_drift_answer_from_the_log(client: httpx.Client) 
 def test_features_by_race_id_or_context_and_404_naming_the_unknown(client: httpx.Client) -> None:
     r = client.get("/api/v1/features/R1-H0", params={"race_id": "R1"})
     assert r.status_code == 200 and r.json()["features"]["rating"] == 50.0
-    r = client.get("/api/v1/features/R1-H0", params={"date": "2024-03-03", "track": "ST", "distance_m": 1200,
-                                                     "surface": "turf"})
+    r = client.get(
+        "/api/v1/features/R1-H0", params={"date": "2024-03-03", "track": "ST", "distance_m": 1200, "surface": "turf"}
+    )
     assert r.status_code == 200 and r.json()["features"]["track"] == "ST"
     r = client.get("/api/v1/features/XYZ", params={"race_id": "R1"})
     assert r.status_code == 404 and "XYZ" in r.json()["detail"]
@@ -196,7 +226,8 @@ def test_model_status_lists_the_six_models(client: httpx.Client) -> None:
     status = client.get("/api/v1/model/status").json()
     assert status["status"] == "ok" and status["model_version"] == "fixture-1" and status["feature_count"] == 2
     assert sorted(status["models_loaded"]) == sorted(
-        f"{lib}_{t}" for lib in ("catboost", "lightgbm", "xgboost") for t in ("win", "place"))
+        f"{lib}_{t}" for lib in ("catboost", "lightgbm", "xgboost") for t in ("win", "place")
+    )
 
 
 def test_a_backtest_job_runs_in_the_background_and_reports_its_metrics(client: httpx.Client) -> None:
@@ -249,14 +280,18 @@ def test_concurrent_clients_all_find_their_predictions_in_the_log(client: httpx.
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         acknowledged = {pid for ids in pool.map(one, range(20)) for pid in ids}
-    logged = {p["prediction_id"] for p in client.get("/api/v1/monitoring/predictions",
-                                                     params={"limit": 10000}).json()}
+    logged = {p["prediction_id"] for p in client.get("/api/v1/monitoring/predictions", params={"limit": 10000}).json()}
     assert len(acknowledged) == 20 * 5 * 14 and acknowledged <= logged
 
 
 def test_an_internal_error_answers_500_without_trace_or_path(tmp_path: Any) -> None:
-    app = create_app(Settings(db=tmp_path / "w.duckdb"), FixturePredictor(fail=RuntimeError(f"boom in {tmp_path}")),
-                     feature_lookup=None, backtest_runner=None, reference_features=None)
+    app = create_app(
+        Settings(db=tmp_path / "w.duckdb"),
+        FixturePredictor(fail=RuntimeError(f"boom in {tmp_path}")),
+        feature_lookup=None,
+        backtest_runner=None,
+        reference_features=None,
+    )
     with ThreadServer(app) as srv:
         r = httpx.post(f"{srv.url}/api/v1/quantify", json=race_body("E1", 3), timeout=10)
         assert r.status_code == 500

@@ -46,8 +46,9 @@ def test_every_acknowledged_prediction_is_in_the_log_after_sigkill_and_restart(t
 
         restarted = SubprocessServer(db, port=server.port).start()
         try:
-            logged = httpx.get(f"{restarted.url}/api/v1/monitoring/predictions", params={"limit": 10000},
-                               timeout=10).json()
+            logged = httpx.get(
+                f"{restarted.url}/api/v1/monitoring/predictions", params={"limit": 10000}, timeout=10
+            ).json()
             ids = {p["prediction_id"] for p in logged}
             assert len(logged) < 10000, "raise the limit: the check must see the whole log"
             missing = acknowledged - ids

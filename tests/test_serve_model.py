@@ -18,24 +18,30 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
-           ) -> Iterator[tuple[ThreadServer, TrainedModel]]:
-    settings = Settings(db=trained_model.db, models_dir=trained_model.models_dir, api_keys=[API_KEY],
-                        predlog=tmp_path_factory.mktemp("model-api") / "log.predlog.duckdb")
+def served(
+    trained_model: TrainedModel,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ThreadServer, TrainedModel]]:
+    settings = Settings(
+        db=trained_model.db,
+        models_dir=trained_model.models_dir,
+        api_keys=[API_KEY],
+        predlog=tmp_path_factory.mktemp("model-api") / "log.predlog.duckdb",
+    )
     with ThreadServer(create_app(settings)) as server:
         yield server, trained_model
 
 
-def test_the_lifespan_loads_the_registry_version_with_its_six_models(served: tuple[ThreadServer, TrainedModel]
-                                                                     ) -> None:
+def test_the_lifespan_loads_the_registry_version_with_its_six_models(served: tuple[ThreadServer, TrainedModel]) -> None:
     server, model = served
     status = httpx.get(f"{server.url}/api/v1/model/status").json()
     assert status["model_version"] == model.version and status["feature_count"] > 10
     assert status["status"] == "ok" and all(status["models_loaded"].values()) and len(status["models_loaded"]) == 6
 
 
-def test_a_held_out_card_is_quantified_logged_and_explained(served: tuple[ThreadServer, TrainedModel],
-                                                            tmp_path: Path) -> None:
+def test_a_held_out_card_is_quantified_logged_and_explained(
+    served: tuple[ThreadServer, TrainedModel], tmp_path: Path
+) -> None:
     server, model = served
     race_id = model.held_out[0]
     with connect_read_only(model.db) as conn:
@@ -50,9 +56,16 @@ def test_a_held_out_card_is_quantified_logged_and_explained(served: tuple[Thread
     horse = body["predictions"][0]["horse_id"]
     stored = httpx.get(f"{server.url}/api/v1/features/{horse}", params={"race_id": race_id}, timeout=30)
     assert stored.status_code == 200 and stored.json()["features"]
-    context = httpx.get(f"{server.url}/api/v1/features/{horse}", timeout=30,
-                        params={"date": card["date"], "track": card["track"], "distance_m": card["distance"],
-                                "surface": card.get("surface", "turf")})
+    context = httpx.get(
+        f"{server.url}/api/v1/features/{horse}",
+        timeout=30,
+        params={
+            "date": card["date"],
+            "track": card["track"],
+            "distance_m": card["distance"],
+            "surface": card.get("surface", "turf"),
+        },
+    )
     assert context.status_code == 200, context.text
     assert httpx.get(f"{server.url}/api/v1/features/NOBODY", params={"race_id": race_id}).status_code == 404
     missing = httpx.get(f"{server.url}/api/v1/features/{horse}", params={"race_id": "NO-RACE"})

@@ -20,10 +20,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db: Path = tmp_path_factory.mktemp("st") / "warehouse.duckdb"
-    app = create_app(Settings(db=db, api_keys=[API_KEY]), FixturePredictor(),
-                     feature_lookup=lambda h, r, c: {"horse_id": h, "race_id": r, "feature_version": "f",
-                                                     "features": {"x": 1.0}},
-                     backtest_runner=lambda params: {"n_folds": 0}, reference_features=None)
+    app = create_app(
+        Settings(db=db, api_keys=[API_KEY]),
+        FixturePredictor(),
+        feature_lookup=lambda h, r, c: {"horse_id": h, "race_id": r, "feature_version": "f", "features": {"x": 1.0}},
+        backtest_runner=lambda params: {"n_folds": 0},
+        reference_features=None,
+    )
     with ThreadServer(app) as server:
         yield server.url
 
@@ -43,8 +46,11 @@ def test_the_api_conforms_to_its_schema(live_url: str) -> None:
             # positive_data_acceptance is left out: rules across fields (a horse listed twice, end before start,
             # lr_product equal to the product of the ratios, a qualitative record per runner) are answered 422
             # although JSON Schema cannot state them
-            case.call_and_validate(headers={"X-API-Key": API_KEY}, timeout=10,
-                                   excluded_checks=[schemathesis.checks.positive_data_acceptance])
+            case.call_and_validate(
+                headers={"X-API-Key": API_KEY},
+                timeout=10,
+                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+            )
 
         try:
             check()

@@ -424,7 +424,7 @@ def predict(
 
 @qual_app.command("import")
 def qual_import(
-    file: Annotated[Path, typer.Argument(help="JSON list of qualitative records, or {\"records\": [...]}.")],
+    file: Annotated[Path, typer.Argument(help='JSON list of qualitative records, or {"records": [...]}.')],
     source: Annotated[
         str | None, typer.Option("--source", help="Label of the submission [default: file name].")
     ] = None,
@@ -737,8 +737,14 @@ def demo(
     )
     with connect(db) as conn:
         records = predictor.predict_card(conn, race_card)
-    table = Table("horse", "win (90% interval)", "place", "market", "scenario",
-                  title=f"{race_id}: {race_card.track} {race_card.distance} m, class {race_card.race_class}")
+    table = Table(
+        "horse",
+        "win (90% interval)",
+        "place",
+        "market",
+        "scenario",
+        title=f"{race_id}: {race_card.track} {race_card.distance} m, class {race_card.race_class}",
+    )
     for r in sorted(records, key=lambda r: -r["win_prob_base"]):
         table.add_row(
             str(r["horse_name"]),
@@ -756,8 +762,15 @@ def demo(
     from racequant.fusion.api import demo_fuse_race
 
     fusion = demo_fuse_race(results, race_id=race_id, quant_records=records)
-    table = Table("horse", "LR", "win base", "win final", "place base", "place final",
-                  title="Product fusion: P_final proportional to P_base x LR")
+    table = Table(
+        "horse",
+        "LR",
+        "win base",
+        "win final",
+        "place base",
+        "place final",
+        title="Product fusion: P_final proportional to P_base x LR",
+    )
     for r in sorted(fusion["fused"], key=lambda r: -r["win_prob_final"]):
         table.add_row(
             str(r["horse_name"]),
@@ -818,12 +831,26 @@ def dashboard(
         "RACEQUANT_MODELS_DIR": str(Path(models_dir or settings.models_dir).resolve()),
     }
     command = [
-        sys.executable, "-m", "streamlit", "run", str(APP_PATH), "--server.port", str(port),
-        "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_PATH),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
-    err_console.print(f"Dashboard on http://{host}:{port} (warehouse {env['RACEQUANT_DB']}, "
-                      f"models {env['RACEQUANT_MODELS_DIR']}); Ctrl+C stops it.")
+    err_console.print(
+        f"Dashboard on http://{host}:{port} (warehouse {env['RACEQUANT_DB']}, "
+        f"models {env['RACEQUANT_MODELS_DIR']}); Ctrl+C stops it."
+    )
     try:
         raise typer.Exit(subprocess.call(command, env=env))
     except KeyboardInterrupt:

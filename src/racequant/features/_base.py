@@ -60,9 +60,7 @@ def card_base_steps(races: str, runners: str, horses: str, *, last_seq: int) -> 
         ) s
         """
     replaced = {"_fx_rt": race_totals, "_fx_cp": class_totals}
-    return [
-        (name, replaced.get(name, sql)) for name, sql in base_steps(races, runners, horses, seq_offset=last_seq)
-    ]
+    return [(name, replaced.get(name, sql)) for name, sql in base_steps(races, runners, horses, seq_offset=last_seq)]
 
 
 def base_steps(

@@ -66,10 +66,39 @@ _TARGET_RUNS = "(SELECT * FROM _fx_run WHERE race_id IN (SELECT race_id FROM _fx
 
 # The columns of a run the horse windows read.
 _HORSE_INPUTS = (
-    "date", "dist_band", "track", "going", "surface", "jockey_id", "gear", "distance_m", "fig", "fig2", "fig_x",
-    "fig_x2", "fig_xy", "rating", "class_num", "perf_vs_class_par", "prize_won", "l200", "kick", "early_fig",
-    "early_pos", "mid_pos", "led_early", "pos_gained", "race_pace_fig", "carried_weight_lbs", "horse_weight_lbs",
-    "has_result", "won", "placed", "finish_pct", "finish_position", "margin_lengths",
+    "date",
+    "dist_band",
+    "track",
+    "going",
+    "surface",
+    "jockey_id",
+    "gear",
+    "distance_m",
+    "fig",
+    "fig2",
+    "fig_x",
+    "fig_x2",
+    "fig_xy",
+    "rating",
+    "class_num",
+    "perf_vs_class_par",
+    "prize_won",
+    "l200",
+    "kick",
+    "early_fig",
+    "early_pos",
+    "mid_pos",
+    "led_early",
+    "pos_gained",
+    "race_pace_fig",
+    "carried_weight_lbs",
+    "horse_weight_lbs",
+    "has_result",
+    "won",
+    "placed",
+    "finish_pct",
+    "finish_position",
+    "margin_lengths",
 )
 
 
@@ -127,12 +156,17 @@ def _target_steps(
         steps.extend(_group_steps(n, keys, rolling, group_aggs))
     steps.extend(shrinkage.steps(mom_aggs, mom_cum))
     # The windows sort only the columns they read (every window spec sorts its whole input row).
-    steps.append(("_fx_h", f"""
+    steps.append(
+        (
+            "_fx_h",
+            f"""
     SELECT race_id, horse_id, {", ".join(_horse_exprs())}
     FROM (SELECT race_id, horse_id, race_seq, {", ".join(_HORSE_INPUTS)} FROM {horse_runs})
     WHERE horse_id IN (SELECT horse_id FROM {_TARGET_RUNS} t)
     WINDOW {_HORSE_WINDOWS}
-    """))
+    """,
+        )
+    )
     return steps + _output_steps()
 
 
@@ -175,17 +209,27 @@ def _output_steps(*, packed_groups: bool = False) -> list[Step]:
         packed = ", ".join(
             f"struct_pack({', '.join(f'{t} := g_{n}.{t}' for t in _GROUP_TOTALS)}) AS g_{n}" for n in _groups()
         )
-        steps.append(("_fx_gs", f"""
+        steps.append(
+            (
+                "_fx_gs",
+                f"""
         SELECT r.race_id, r.horse_id, {packed}
         FROM (SELECT race_id, horse_id, race_seq, {key_cols} FROM {_TARGET_RUNS} t) r {_group_joins("r")}
-        """))
+        """,
+            )
+        )
         joins = "JOIN _fx_gs USING (race_id, horse_id)"
-    steps.append(("_fx_j", f"""
+    steps.append(
+        (
+            "_fx_j",
+            f"""
     SELECT h.*, {", ".join(row1)}, {", ".join(join_exprs)}
     FROM (SELECT r.*, {", ".join(f"x.{c}" for c in horse_cols)}
           FROM {_TARGET_RUNS} r JOIN _fx_h x USING (race_id, horse_id)) h
     {joins} LEFT JOIN _fx_mom ON _fx_mom.race_seq = h.race_seq
-    """))
+    """,
+        )
+    )
     field_exprs = (
         *speed.FIELD_EXPRS,
         *class_.FIELD_EXPRS,
@@ -207,18 +251,28 @@ def _output_steps(*, packed_groups: bool = False) -> list[Step]:
     # One group-by per race gives each value of today's field as a list (ordered by horse_id); the field
     # features compare the runner with those lists.
     steps.append(("_fx_fl", f"SELECT race_id, {', '.join(field_lists)} FROM _fx_j GROUP BY race_id"))
-    steps.append(("_fx_f", f"""
+    steps.append(
+        (
+            "_fx_f",
+            f"""
     SELECT j.*, {", ".join(field_exprs)}
     FROM _fx_j j JOIN _fx_fl USING (race_id)
-    """))
+    """,
+        )
+    )
     casts = []
     for spec in all_specs():
         sql_type = "VARCHAR" if spec.dtype == "varchar" else "DOUBLE"
         casts.append(f"CAST({spec.name} AS {sql_type}) AS {spec.name}")
-    steps.append(("_fx_out", f"""
+    steps.append(
+        (
+            "_fx_out",
+            f"""
     SELECT race_id, horse_id, date AS race_date, race_seq, {", ".join(casts)}
     FROM (SELECT *, {", ".join(composites.ROW_EXPRS)} FROM _fx_f) c ORDER BY race_seq, horse_id
-    """))
+    """,
+        )
+    )
     return steps
 
 
@@ -260,8 +314,15 @@ def _card_state_sources() -> dict[str, str]:
     lookups of a few horses and keys read a few row groups (DuckDB skips the others by their min/max).
     Rolling groups keep each (key, race)'s position in its key's history (k_n) for their last-N frame.
     """
-    sources = {"race": "_fx_race", "rta": "_fx_rta", "rt": "_fx_rt", "cpa": "_fx_cpa",
-               "run": "(SELECT * FROM _fx_run ORDER BY horse_id, race_seq)", "moma": "_fx_moma", "momc": "_fx_momc"}
+    sources = {
+        "race": "_fx_race",
+        "rta": "_fx_rta",
+        "rt": "_fx_rt",
+        "cpa": "_fx_cpa",
+        "run": "(SELECT * FROM _fx_run ORDER BY horse_id, race_seq)",
+        "moma": "_fx_moma",
+        "momc": "_fx_momc",
+    }
     for n, (keys, rolling) in _groups().items():
         k = ", ".join(keys)
         k_n = "" if rolling is None else f", row_number() OVER (PARTITION BY {k} ORDER BY race_seq) AS k_n"
@@ -322,8 +383,10 @@ def build_features(
             _save_card_state(conn)
         # free the intermediate relations before the result is copied out (peak memory of large builds)
         _cleanup(conn, keep="_fx_out")
-        out = conn.sql("SELECT * FROM _fx_out").to_arrow_table().to_pandas(
-            self_destruct=True, split_blocks=True, date_as_object=False
+        out = (
+            conn.sql("SELECT * FROM _fx_out")
+            .to_arrow_table()
+            .to_pandas(self_destruct=True, split_blocks=True, date_as_object=False)
         )
     except duckdb.Error as exc:
         raise FeatureBuildError(f"The feature build failed: {exc}") from exc
@@ -573,18 +636,30 @@ def _card_group_steps(last_seq: int, keys: Mapping[str, str]) -> list[Step]:
         k = ", ".join(cols)
         rows = f"feature_state_ga_{name} WHERE race_seq <= {int(last_seq)} AND {' AND '.join(keys[c] for c in cols)}"
         if rolling is not None:  # the key's last `rolling` (key, race) rows: k_n numbers them 1, 2, ...
-            rows = (f"(SELECT * FROM {rows}) s JOIN (SELECT {k}, count(*) AS last_n FROM {rows} GROUP BY {k})"
-                    f" USING ({k}) WHERE k_n > last_n - {rolling}")
-        steps.append((f"_fx_g_{name}", f"""
+            rows = (
+                f"(SELECT * FROM {rows}) s JOIN (SELECT {k}, count(*) AS last_n FROM {rows} GROUP BY {k})"
+                f" USING ({k}) WHERE k_n > last_n - {rolling}"
+            )
+        steps.append(
+            (
+                f"_fx_g_{name}",
+                f"""
         SELECT {", ".join(f"{c} AS k_{c}" for c in cols)}, {int(last_seq) + 1} AS k_race_seq,
                sum(n) AS n_b, sum(w) AS w_b, sum(p) AS p_b, sum(fs) AS fs_b, sum(fn) AS fn_b
         FROM {rows} GROUP BY {k}
-        """))
+        """,
+            )
+        )
     # the fitted m of the last race with changes before the card (a row 0 holds the defaults of no history)
-    steps.append(("_fx_mom", f"""
+    steps.append(
+        (
+            "_fx_mom",
+            f"""
     SELECT {int(last_seq) + 1} AS race_seq, * EXCLUDE (race_seq)
     FROM (SELECT * FROM feature_state_mom WHERE race_seq <= {int(last_seq)} ORDER BY race_seq DESC LIMIT 1)
-    """))
+    """,
+        )
+    )
     return steps
 
 
@@ -755,8 +830,12 @@ def features_for_card(
         for key in names:
             conn.unregister(names[key])
     out["race_seq"] = out["race_seq"].astype("int64")
-    logger.debug("Race card %s: %d runners in %.1f ms", races["race_id"].iloc[0], len(out),
-                 (time.perf_counter() - started) * 1000)
+    logger.debug(
+        "Race card %s: %d runners in %.1f ms",
+        races["race_id"].iloc[0],
+        len(out),
+        (time.perf_counter() - started) * 1000,
+    )
     return out
 
 

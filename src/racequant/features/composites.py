@@ -52,10 +52,7 @@ FIELD_LISTS: tuple[str, ...] = ()
 def _z(expr: str, values: str, sign: str = "") -> str:
     """z-score of ``expr`` in today's field (``values``: the field's list of the same value, unsigned)."""
     sd = f"list_stddev_samp({values})"
-    return (
-        f"CASE WHEN list_count({values}) >= 2 AND {sd} > 0 THEN"
-        f" {sign}({expr} - list_avg({values})) / {sd} END"
-    )
+    return f"CASE WHEN list_count({values}) >= 2 AND {sd} > 0 THEN {sign}({expr} - list_avg({values})) / {sd} END"
 
 
 FIELD_EXPRS: tuple[str, ...] = (

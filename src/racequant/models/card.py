@@ -82,9 +82,7 @@ class PastRun(_Strict):
     @model_validator(mode="after")
     def _position_within_field(self) -> PastRun:
         if self.finish_position is not None and self.field_size is not None and self.finish_position > self.field_size:
-            raise ValueError(
-                f"finish_position {self.finish_position} is beyond the field size {self.field_size}"
-            )
+            raise ValueError(f"finish_position {self.finish_position} is beyond the field size {self.field_size}")
         return self
 
 

@@ -298,8 +298,14 @@ def _scratch_with_past_runs(conn: duckdb.DuckDBPyConnection, card: RaceCard) -> 
                 {"race_id": race_id, "horse_id": f"{race_id}:rival{p}", "status": "finished", "finish_position": p}
             )
     new_horses = [
-        {"horse_id": h.horse_id, "horse_name": h.horse_name, "sire": h.sire, "dam": h.dam, "damsire": h.damsire,
-         "sex": h.sex}
+        {
+            "horse_id": h.horse_id,
+            "horse_name": h.horse_name,
+            "sire": h.sire,
+            "dam": h.dam,
+            "damsire": h.damsire,
+            "sex": h.sex,
+        }
         for h in card.declared()
         if h.horse_id not in set(horses["horse_id"])
     ]

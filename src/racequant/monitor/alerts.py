@@ -42,23 +42,38 @@ def evaluate_alerts(
         if drift_report["interval_coverage"]["flag"]:
             cov = drift_report["interval_coverage"]
             parts.append(f"interval coverage {cov['recent']['coverage']:.2f} below {cov['target']}")
-        alerts.append({"kind": "drift", "message": "Drift: " + "; ".join(parts),
-                       "details": {"flags": drift_report["flags"], "as_of": drift_report["as_of"]}})
+        alerts.append(
+            {
+                "kind": "drift",
+                "message": "Drift: " + "; ".join(parts),
+                "details": {"flags": drift_report["flags"], "as_of": drift_report["as_of"]},
+            }
+        )
     if metrics is not None:
         latency = metrics.get("mean_latency_ms")
         if latency is not None and latency > latency_ms_max:
-            alerts.append({"kind": "latency", "message": f"Mean latency {latency:.0f} ms on {metrics['day']} "
-                           f"(limit {latency_ms_max:.0f} ms)", "details": {"day": metrics["day"],
-                                                                          "mean_latency_ms": latency}})
+            alerts.append(
+                {
+                    "kind": "latency",
+                    "message": f"Mean latency {latency:.0f} ms on {metrics['day']} (limit {latency_ms_max:.0f} ms)",
+                    "details": {"day": metrics["day"], "mean_latency_ms": latency},
+                }
+            )
         ece = metrics.get("win_ece")
         if ece is not None and ece > ece_max:
-            alerts.append({"kind": "calibration", "message": f"Win ECE {ece:.3f} on {metrics['day']} "
-                           f"(limit {ece_max})", "details": {"day": metrics["day"], "win_ece": ece}})
+            alerts.append(
+                {
+                    "kind": "calibration",
+                    "message": f"Win ECE {ece:.3f} on {metrics['day']} (limit {ece_max})",
+                    "details": {"day": metrics["day"], "win_ece": ece},
+                }
+            )
     return alerts
 
 
-def post_webhook(url: str, payload: dict[str, Any], timeout_s: float = 5.0, retries: int = 3,
-                 backoff_s: float = 0.25) -> bool:
+def post_webhook(
+    url: str, payload: dict[str, Any], timeout_s: float = 5.0, retries: int = 3, backoff_s: float = 0.25
+) -> bool:
     """POST ``payload`` as JSON; True once a 2xx answer comes back, False after ``retries`` more failures."""
     for attempt in range(retries + 1):
         try:
@@ -89,8 +104,12 @@ def send_alerts(
     sent = []
     for alert in alerts:
         raised_at = datetime.now(UTC)
-        payload = {"text": f"[racequant] {alert['message']}", "kind": alert["kind"],
-                   "details": alert.get("details", {}), "raised_at": raised_at.isoformat()}
+        payload = {
+            "text": f"[racequant] {alert['message']}",
+            "kind": alert["kind"],
+            "details": alert.get("details", {}),
+            "raised_at": raised_at.isoformat(),
+        }
         delivered = False
         if webhook_url:
             delivered = post_webhook(webhook_url, payload, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
@@ -99,9 +118,19 @@ def send_alerts(
         sent.append({**alert, "delivered": delivered, "raised_at": raised_at.isoformat()})
     if log is not None and sent:
         with log_access(log, write=True) as access:
-            access.write(lambda c: [prediction_log.insert_alert(
-                c, a["kind"], a["message"], json.dumps(a.get("details", {}), default=str), a["delivered"],
-                datetime.fromisoformat(a["raised_at"])) for a in sent])
+            access.write(
+                lambda c: [
+                    prediction_log.insert_alert(
+                        c,
+                        a["kind"],
+                        a["message"],
+                        json.dumps(a.get("details", {}), default=str),
+                        a["delivered"],
+                        datetime.fromisoformat(a["raised_at"]),
+                    )
+                    for a in sent
+                ]
+            )
     return sent
 
 
@@ -115,10 +144,22 @@ def check_and_alert(
 
     day = date.fromisoformat(day) if isinstance(day, str) else day or datetime.now(UTC).date()
     metrics = daily_metrics(source, day, store=True)
-    report = drift(source, as_of=day, recent_days=settings.drift_recent_days, reference_features=reference_features,
-                   auc_drop=settings.drift_auc_drop, ece_max=settings.drift_ece_max, psi_max=settings.drift_psi_max,
-                   coverage_target=settings.interval_coverage_target,
-                   coverage_tolerance=settings.interval_coverage_tolerance)
+    report = drift(
+        source,
+        as_of=day,
+        recent_days=settings.drift_recent_days,
+        reference_features=reference_features,
+        auc_drop=settings.drift_auc_drop,
+        ece_max=settings.drift_ece_max,
+        psi_max=settings.drift_psi_max,
+        coverage_target=settings.interval_coverage_target,
+        coverage_tolerance=settings.interval_coverage_tolerance,
+    )
     alerts = evaluate_alerts(report, metrics, latency_ms_max=settings.alert_latency_ms, ece_max=settings.drift_ece_max)
-    return send_alerts(alerts, webhook_url=settings.alert_webhook_url, timeout_s=settings.alert_timeout_s,
-                       retries=settings.alert_retries, log=source)
+    return send_alerts(
+        alerts,
+        webhook_url=settings.alert_webhook_url,
+        timeout_s=settings.alert_timeout_s,
+        retries=settings.alert_retries,
+        log=source,
+    )

@@ -65,14 +65,25 @@ def feature_drift(
     if reference is None or reference.empty:
         return {"status": "unavailable", "reason": "no reference (training window) features", "flag": False}
     if len(served) < min_rows:
-        return {"status": "unavailable", "reason": f"fewer than {min_rows} served runners with logged features",
-                "n_served": len(served), "flag": False}
+        return {
+            "status": "unavailable",
+            "reason": f"fewer than {min_rows} served runners with logged features",
+            "n_served": len(served),
+            "flag": False,
+        }
     columns = [c for c in reference.columns if c in served.columns]
     values = {c: psi(reference[c], served[c]) for c in columns}
     per_feature = {c: round(v, 6) for c, v in values.items() if math.isfinite(v)}
     drifted = sorted((c for c, v in per_feature.items() if v > psi_max), key=lambda c: -per_feature[c])
-    return {"status": "ok", "n_reference": len(reference), "n_served": len(served), "psi_max": psi_max,
-            "psi": per_feature, "drifted": drifted, "flag": bool(drifted)}
+    return {
+        "status": "ok",
+        "n_reference": len(reference),
+        "n_served": len(served),
+        "psi_max": psi_max,
+        "psi": per_feature,
+        "drifted": drifted,
+        "flag": bool(drifted),
+    }
 
 
 def interval_coverage(scored: pd.DataFrame, n_bins: int = 10, min_bin: int = 30) -> dict[str, Any]:
@@ -140,8 +151,9 @@ def drift_report(
         "historical": interval_coverage(history),
         "target": coverage_target,
         "tolerance": coverage_tolerance,
-        "flag": bool(coverage_now["coverage"] is not None
-                     and coverage_now["coverage"] < coverage_target - coverage_tolerance),
+        "flag": bool(
+            coverage_now["coverage"] is not None and coverage_now["coverage"] < coverage_target - coverage_tolerance
+        ),
     }
     features = feature_drift(reference_features, _served_features(recent), psi_max=psi_max)
     report = {
@@ -171,6 +183,14 @@ def drift(
     as_of = date.fromisoformat(as_of) if isinstance(as_of, str) else as_of or datetime.now(UTC).date()
     with log_access(source) as log:
         predictions = log.read(lambda c: prediction_log.predictions_frame(c, None, as_of))
-    return drift_report(predictions, as_of=as_of, recent_days=recent_days, reference_features=reference_features,
-                        auc_drop=auc_drop, ece_max=ece_max, psi_max=psi_max, coverage_target=coverage_target,
-                        coverage_tolerance=coverage_tolerance)
+    return drift_report(
+        predictions,
+        as_of=as_of,
+        recent_days=recent_days,
+        reference_features=reference_features,
+        auc_drop=auc_drop,
+        ece_max=ece_max,
+        psi_max=psi_max,
+        coverage_target=coverage_target,
+        coverage_tolerance=coverage_tolerance,
+    )

@@ -41,14 +41,20 @@ def score_predictions(predictions: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"n_scored": len(win), "n_races": int(win["race_id"].nunique()) if len(win) else 0}
     if len(win):
         p, y = win["win_prob"].to_numpy(float), win["won"].to_numpy(bool)
-        out.update(win_auc=_finite(_auc(p, y)), win_brier=_finite(brier(p, y)),
-                   win_ece=_finite(expected_calibration_error(p, y)))
+        out.update(
+            win_auc=_finite(_auc(p, y)),
+            win_brier=_finite(brier(p, y)),
+            win_ece=_finite(expected_calibration_error(p, y)),
+        )
     else:
         out.update(win_auc=None, win_brier=None, win_ece=None)
     if len(place):
         p, y = place["place_prob"].to_numpy(float), place["placed"].to_numpy(bool)
-        out.update(place_auc=_finite(_auc(p, y)), place_brier=_finite(brier(p, y)),
-                   place_ece=_finite(expected_calibration_error(p, y)))
+        out.update(
+            place_auc=_finite(_auc(p, y)),
+            place_brier=_finite(brier(p, y)),
+            place_ece=_finite(expected_calibration_error(p, y)),
+        )
     else:
         out.update(place_auc=None, place_brier=None, place_ece=None)
     return out

@@ -64,20 +64,32 @@ def create_app(
         runner = components.default_backtest_runner(settings) if backtest_runner is _DEFAULT else backtest_runner
         jobs = BacktestJobs(runner)
         resources.callback(jobs.close)
-        lookup = (components.default_feature_lookup(settings, loaded) if feature_lookup is _DEFAULT
-                  else feature_lookup)
-        reference = (components.reference_features(loaded, settings) if reference_features is _DEFAULT
-                     else reference_features)
+        lookup = components.default_feature_lookup(settings, loaded) if feature_lookup is _DEFAULT else feature_lookup
+        reference = (
+            components.reference_features(loaded, settings) if reference_features is _DEFAULT else reference_features
+        )
         metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
-        app.state.service = Service(settings=settings, predictor=loaded, writer=writer, metrics=metrics, jobs=jobs,
-                                    fuser=fuser or _default_fuser(), feature_lookup=lookup,
-                                    reference_features=reference, loaded_at=datetime.now(UTC))
+        app.state.service = Service(
+            settings=settings,
+            predictor=loaded,
+            writer=writer,
+            metrics=metrics,
+            jobs=jobs,
+            fuser=fuser or _default_fuser(),
+            feature_lookup=lookup,
+            reference_features=reference,
+            loaded_at=datetime.now(UTC),
+        )
         logger.info("API ready: model %s, prediction log %s", loaded.model_version, settings.predlog_path())
         with resources:  # closes the jobs, then the log writer, then the warehouse connection
             yield
 
-    app = FastAPI(title="racequant", version=API_VERSION, lifespan=lifespan,
-                  description="Calibrated win and place probabilities of horse races, beside the market.")
+    app = FastAPI(
+        title="racequant",
+        version=API_VERSION,
+        lifespan=lifespan,
+        description="Calibrated win and place probabilities of horse races, beside the market.",
+    )
     install_error_handlers(app)
     app.add_exception_handler(_Unprocessable, unprocessable_handler)
     app.include_router(router)
@@ -94,6 +106,14 @@ def run_server(settings: Settings | None = None, host: str | None = None, port: 
     # the log writer thread hands each commit back to waiting requests; with the default 5 ms GIL switch
     # interval it waits that long for the event loop at every step, which dominated the latency under load
     sys.setswitchinterval(0.0005)
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_level=settings.log_level.lower(), access_log=False, server_header=False,
-                timeout_graceful_shutdown=10, loop="auto", http="auto")  # uvloop and httptools when installed
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        loop="auto",
+        http="auto",
+    )  # uvloop and httptools when installed

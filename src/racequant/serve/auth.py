@@ -25,8 +25,9 @@ def key_matches(given: str, keys: list[str]) -> bool:
 
 def require_api_key(request: Request, api_key: Annotated[str | None, Security(api_key_header)] = None) -> str:
     if not api_key:
-        raise HTTPException(status_code=401, detail="X-API-Key: this endpoint needs an API key.",
-                            headers={"WWW-Authenticate": "APIKey"})
+        raise HTTPException(
+            status_code=401, detail="X-API-Key: this endpoint needs an API key.", headers={"WWW-Authenticate": "APIKey"}
+        )
     keys: list[str] = request.app.state.service.settings.api_keys
     if not key_matches(api_key, keys):
         logger.info("refused a wrong API key on %s", request.url.path)

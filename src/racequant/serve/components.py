@@ -68,17 +68,36 @@ class WarehouseFeatures:
             features = getattr(self.predictor, "features", None)
             if features is None:
                 raise RacequantError("The loaded predictor cannot build features for a race context.")
-            card = {"race_id": "features-query", "date": race["date"], "track": race["track"],
-                    "distance": race["distance_m"], "surface": race["surface"], "going": race.get("going"),
-                    "race_class": race.get("race_class"), "country": race.get("country") or "HK",
-                    "horses": [{"horse_id": horse_id, "horse_name": horse_id, "draw": 1, "weight": 126.0,
-                                "jockey": "unknown", "trainer": "unknown"}]}
+            card = {
+                "race_id": "features-query",
+                "date": race["date"],
+                "track": race["track"],
+                "distance": race["distance_m"],
+                "surface": race["surface"],
+                "going": race.get("going"),
+                "race_class": race.get("race_class"),
+                "country": race.get("country") or "HK",
+                "horses": [
+                    {
+                        "horse_id": horse_id,
+                        "horse_name": horse_id,
+                        "draw": 1,
+                        "weight": 126.0,
+                        "jockey": "unknown",
+                        "trainer": "unknown",
+                    }
+                ],
+            }
             frame = features(conn, card, None)
         row = frame.iloc[0]
         skip = {"race_id", "horse_id", "race_date", "race_seq"}
         values = {c: _plain(row[c]) for c in frame.columns if c not in skip}
-        return {"horse_id": horse_id, "race_id": None, "feature_version": getattr(self.predictor, "feature_version",
-                                                                                   None), "features": values}
+        return {
+            "horse_id": horse_id,
+            "race_id": None,
+            "feature_version": getattr(self.predictor, "feature_version", None),
+            "features": values,
+        }
 
 
 def _plain(value: Any) -> Any:
@@ -111,9 +130,13 @@ def default_backtest_runner(settings: Settings) -> BacktestRunner | None:
 
         if not Path(settings.db).exists():
             raise WarehouseError("There is no warehouse to backtest on.")
-        splitter = WalkForwardSplit(params["start"], params["end"], train_window_days=params["train_window_days"],
-                                    test_window_days=params["test_window_days"],
-                                    retrain_every_days=params["retrain_every_days"])
+        splitter = WalkForwardSplit(
+            params["start"],
+            params["end"],
+            train_window_days=params["train_window_days"],
+            test_window_days=params["test_window_days"],
+            retrain_every_days=params["retrain_every_days"],
+        )
         out_dir = Path(settings.db).parent / "backtests" / f"api-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
         with connect_read_only(settings.db) as conn:
             result, _ = backtest_from_warehouse(conn, out_dir, splitter, store=False)
@@ -144,8 +167,8 @@ def reference_features(predictor: Predictor, settings: Settings) -> pd.DataFrame
         frame = frame[dates >= pd.Timestamp(start)]
     if end:
         frame = frame[pd.to_datetime(frame["race_date"]) <= pd.Timestamp(end)]
-    keep = [c for c in columns if c in frame.columns] or [c for c in frame.columns if c not in
-                                                           ("race_id", "horse_id", "race_date", "race_seq",
-                                                            "feature_version")]
+    keep = [c for c in columns if c in frame.columns] or [
+        c for c in frame.columns if c not in ("race_id", "horse_id", "race_date", "race_seq", "feature_version")
+    ]
     frame = frame[keep]
     return frame.sample(n=min(len(frame), 20_000), random_state=0) if len(frame) else None

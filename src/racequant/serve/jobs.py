@@ -31,8 +31,16 @@ class BacktestJobs:
 
     def submit(self, params: dict[str, Any]) -> dict[str, Any]:
         job_id = uuid.uuid4().hex
-        job = {"job_id": job_id, "state": "queued", "params": params, "submitted_at": datetime.now(UTC),
-               "started_at": None, "finished_at": None, "metrics": None, "error": None}
+        job = {
+            "job_id": job_id,
+            "state": "queued",
+            "params": params,
+            "submitted_at": datetime.now(UTC),
+            "started_at": None,
+            "finished_at": None,
+            "metrics": None,
+            "error": None,
+        }
         snapshot = dict(job)
         with self._lock:
             self._jobs[job_id] = job
@@ -68,8 +76,12 @@ class BacktestJobs:
             return
         except Exception:
             logger.exception("backtest job %s failed", job_id)
-            self._update(job_id, state="failed", error="The backtest failed; the server log has the details.",
-                         finished_at=datetime.now(UTC))
+            self._update(
+                job_id,
+                state="failed",
+                error="The backtest failed; the server log has the details.",
+                finished_at=datetime.now(UTC),
+            )
             return
         self._update(job_id, state="done", metrics=metrics, finished_at=datetime.now(UTC))
         logger.info("backtest job %s done", job_id)

@@ -20,17 +20,37 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("racequant_http_requests", "HTTP requests by route, method and status.",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("racequant_http_request_duration_seconds", "HTTP request latency by route.",
-                                 ["method", "route"], buckets=_BUCKETS, registry=self.registry)
-        self.predictions = Counter("racequant_predictions_served", "Runner predictions served (and logged).",
-                                   ["model_version"], registry=self.registry)
-        self.log_write = Histogram("racequant_prediction_log_commit_seconds",
-                                   "Wait for the prediction log to commit a request's predictions.",
-                                   buckets=_BUCKETS, registry=self.registry)
-        self.model_info = Gauge("racequant_model_info", "The loaded model version (value 1).",
-                                ["model_version", "feature_version"], registry=self.registry)
+        self.requests = Counter(
+            "racequant_http_requests",
+            "HTTP requests by route, method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "racequant_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "racequant_predictions_served",
+            "Runner predictions served (and logged).",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.log_write = Histogram(
+            "racequant_prediction_log_commit_seconds",
+            "Wait for the prediction log to commit a request's predictions.",
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "racequant_model_info",
+            "The loaded model version (value 1).",
+            ["model_version", "feature_version"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -75,8 +75,10 @@ def _check_limits(body: RaceRequest, service: Service) -> None:
         raise _Unprocessable("horses", f"at most {settings.max_runners} runners per race, got {len(body.horses)}")
     for i, runner in enumerate(body.horses):
         if len(runner.past_runs) > settings.max_past_runs:
-            raise _Unprocessable(f"horses.{i}.past_runs",
-                                 f"at most {settings.max_past_runs} past runs per horse, got {len(runner.past_runs)}")
+            raise _Unprocessable(
+                f"horses.{i}.past_runs",
+                f"at most {settings.max_past_runs} past runs per horse, got {len(runner.past_runs)}",
+            )
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -108,8 +110,9 @@ async def _predict(body: RaceRequest, service: Service) -> tuple[list[Prediction
     return records, features
 
 
-@router.post("/api/v1/quantify", response_model=PredictionResponse, tags=["predictions"],
-             responses={**BODY_RESPONSES, 503: _ERR})
+@router.post(
+    "/api/v1/quantify", response_model=PredictionResponse, tags=["predictions"], responses={**BODY_RESPONSES, 503: _ERR}
+)
 async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     """Win and place probabilities of every declared runner, logged before they are sent."""
     started = time.perf_counter()
@@ -120,12 +123,22 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     ids = [uuid.uuid4().hex for _ in records]
     rows = [
         {
-            "prediction_id": pid, "request_id": request_id, "race_id": r.race_id, "horse_id": r.horse_id,
-            "timestamp": now, "race_date": body.date, "win_prob": r.win_prob_base,
-            "place_prob": r.place_prob_base, "win_prob_lower": r.win_prob_lower, "win_prob_upper": r.win_prob_upper,
-            "place_prob_lower": r.place_prob_lower, "place_prob_upper": r.place_prob_upper,
-            "model_version": r.model_version, "feature_version": r.feature_version,
-            "calibration_group": r.calibration_group, "latency_ms": latency_ms,
+            "prediction_id": pid,
+            "request_id": request_id,
+            "race_id": r.race_id,
+            "horse_id": r.horse_id,
+            "timestamp": now,
+            "race_date": body.date,
+            "win_prob": r.win_prob_base,
+            "place_prob": r.place_prob_base,
+            "win_prob_lower": r.win_prob_lower,
+            "win_prob_upper": r.win_prob_upper,
+            "place_prob_lower": r.place_prob_lower,
+            "place_prob_upper": r.place_prob_upper,
+            "model_version": r.model_version,
+            "feature_version": r.feature_version,
+            "calibration_group": r.calibration_group,
+            "latency_ms": latency_ms,
             "features_json": json.dumps(f, default=_json_default) if f else None,
         }
         for pid, r, f in zip(ids, records, features, strict=True)
@@ -142,9 +155,13 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     answer = PredictionResponse(
         race_id=body.race_id,
         predictions=records,
-        metadata=PredictionMetadata(model_version=service.predictor.model_version,
-                                    feature_version=service.predictor.feature_version, n_horses=len(records),
-                                    latency_ms=round(latency_ms, 3), prediction_ids=ids),
+        metadata=PredictionMetadata(
+            model_version=service.predictor.model_version,
+            feature_version=service.predictor.feature_version,
+            n_horses=len(records),
+            latency_ms=round(latency_ms, 3),
+            prediction_ids=ids,
+        ),
     )
     # serialised once here (the records are validated already), not validated again by FastAPI
     return Response(answer.model_dump_json(), media_type="application/json")  # type: ignore[return-value]
@@ -158,8 +175,12 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-@router.post("/api/v1/fuse", response_model=FuseResponse, tags=["predictions"],
-             responses={**AUTH_RESPONSES, **BODY_RESPONSES, 503: _ERR})
+@router.post(
+    "/api/v1/fuse",
+    response_model=FuseResponse,
+    tags=["predictions"],
+    responses={**AUTH_RESPONSES, **BODY_RESPONSES, 503: _ERR},
+)
 async def fuse(body: FuseRequest, service: ServiceDep, api_key: ApiKey) -> FuseResponse:
     """Submit qualitative records for a race card and get its fused probabilities (product fusion)."""
     records, _ = await _predict(body, service)
@@ -181,13 +202,13 @@ async def fuse(body: FuseRequest, service: ServiceDep, api_key: ApiKey) -> FuseR
     return FuseResponse(
         race_id=body.race_id,
         fused=[{k: v for k, v in row.items() if k in keep} for row in fused],  # type: ignore[misc]
-        metadata={"model_version": service.predictor.model_version, "fusion_mode": "product",
-                  "n_horses": len(fused)},
+        metadata={"model_version": service.predictor.model_version, "fusion_mode": "product", "n_horses": len(fused)},
     )
 
 
-@router.get("/api/v1/features/{horse_id}", response_model=FeatureResponse, tags=["features"],
-            responses={404: _ERR, 503: _ERR})
+@router.get(
+    "/api/v1/features/{horse_id}", response_model=FeatureResponse, tags=["features"], responses={404: _ERR, 503: _ERR}
+)
 async def features(
     horse_id: Identifier,
     service: ServiceDep,
@@ -208,8 +229,11 @@ async def features(
         context = {"date": date_, "track": track, "distance_m": distance_m, "surface": surface}
         missing = [k for k, v in context.items() if v is None]
         if missing:
-            raise _Unprocessable(missing[0], "required when race_id is not given (give race_id or the race context: "
-                                 "date, track, distance_m, surface)")
+            raise _Unprocessable(
+                missing[0],
+                "required when race_id is not given (give race_id or the race context: "
+                "date, track, distance_m, surface)",
+            )
         race = {**context, "going": going, "race_class": race_class, "country": country}
     found = await run_in_threadpool(service.feature_lookup, horse_id, race_id, race)
     return FeatureResponse.model_validate(found)
@@ -220,13 +244,23 @@ async def model_status(service: ServiceDep) -> ModelStatus:
     """The loaded model version: which of the six models are loaded, versions, feature count."""
     p = service.predictor
     loaded = dict(p.models_loaded)
-    return ModelStatus(status="ok" if loaded and all(loaded.values()) else "degraded", model_version=p.model_version,
-                       feature_version=p.feature_version, feature_count=p.feature_count, models_loaded=loaded,
-                       loaded_at=service.loaded_at)
+    return ModelStatus(
+        status="ok" if loaded and all(loaded.values()) else "degraded",
+        model_version=p.model_version,
+        feature_version=p.feature_version,
+        feature_count=p.feature_count,
+        models_loaded=loaded,
+        loaded_at=service.loaded_at,
+    )
 
 
-@router.post("/api/v1/backtest", response_model=BacktestJob, status_code=202, tags=["backtest"],
-             responses={**AUTH_RESPONSES, **BODY_RESPONSES})
+@router.post(
+    "/api/v1/backtest",
+    response_model=BacktestJob,
+    status_code=202,
+    tags=["backtest"],
+    responses={**AUTH_RESPONSES, **BODY_RESPONSES},
+)
 async def start_backtest(body: BacktestRequest, service: ServiceDep, api_key: ApiKey) -> BacktestJob:
     """Start a walk-forward backtest in the background; poll GET /api/v1/backtest/{job_id}."""
     return BacktestJob.model_validate(service.jobs.submit(body.model_dump(mode="json")))
@@ -238,8 +272,12 @@ async def backtest_job(job_id: Annotated[str, Path(max_length=64)], service: Ser
     return BacktestJob.model_validate(service.jobs.get(job_id))
 
 
-@router.post("/api/v1/results", response_model=ResultsResponse, tags=["monitoring"],
-             responses={**AUTH_RESPONSES, **BODY_RESPONSES, 404: _ERR, 503: _ERR})
+@router.post(
+    "/api/v1/results",
+    response_model=ResultsResponse,
+    tags=["monitoring"],
+    responses={**AUTH_RESPONSES, **BODY_RESPONSES, 404: _ERR, 503: _ERR},
+)
 async def record_results(body: ResultsRequest, service: ServiceDep, api_key: ApiKey) -> ResultsResponse:
     """Record a race's outcome (every runner, so that the place terms are right); updates the logged predictions."""
     logged = await run_in_threadpool(service.writer.read, lambda c: prediction_log.logged_horses(c, body.race_id))
@@ -247,13 +285,18 @@ async def record_results(body: ResultsRequest, service: ServiceDep, api_key: Api
         raise NotFoundError(f"race_id: no prediction was logged for race {body.race_id!r}.")
     for i, result in enumerate(body.results):
         if result.horse_id not in logged and result.status != "withdrawn":
-            raise NotFoundError(f"results.{i}.horse_id: horse {result.horse_id!r} has no logged prediction "
-                                f"in race {body.race_id!r}.")
+            raise NotFoundError(
+                f"results.{i}.horse_id: horse {result.horse_id!r} has no logged prediction in race {body.race_id!r}."
+            )
     outcomes = [(r.horse_id, r.finish_position, r.status) for r in body.results]
     at = datetime.now(UTC)
     try:
-        updated = await asyncio.wait_for(asyncio.wrap_future(service.writer.submit(
-            lambda c: prediction_log.record_outcomes(c, body.race_id, outcomes, at))), LOG_TIMEOUT_S)
+        updated = await asyncio.wait_for(
+            asyncio.wrap_future(
+                service.writer.submit(lambda c: prediction_log.record_outcomes(c, body.race_id, outcomes, at))
+            ),
+            LOG_TIMEOUT_S,
+        )
     except (TimeoutError, RacequantError) as exc:
         raise ServiceUnavailableError("The prediction log cannot store results now.") from exc
     return ResultsResponse(race_id=body.race_id, n_results=len(outcomes), predictions_updated=updated)
@@ -279,9 +322,14 @@ async def monitoring_drift(
     s = service.settings
     return await run_in_threadpool(
         lambda: drift_of_log(
-            service.writer, as_of=as_of, recent_days=recent_days or s.drift_recent_days,
-            reference_features=service.reference_features, auc_drop=s.drift_auc_drop, ece_max=s.drift_ece_max,
-            psi_max=s.drift_psi_max, coverage_target=s.interval_coverage_target,
+            service.writer,
+            as_of=as_of,
+            recent_days=recent_days or s.drift_recent_days,
+            reference_features=service.reference_features,
+            auc_drop=s.drift_auc_drop,
+            ece_max=s.drift_ece_max,
+            psi_max=s.drift_psi_max,
+            coverage_target=s.interval_coverage_target,
             coverage_tolerance=s.interval_coverage_tolerance,
         )
     )
@@ -296,7 +344,8 @@ async def logged_predictions(
 ) -> list[dict[str, Any]]:
     """The prediction log (newest first), for the dashboard and audits."""
     return await run_in_threadpool(
-        service.writer.read, lambda c: prediction_log.list_predictions(c, race_id, day, limit))
+        service.writer.read, lambda c: prediction_log.list_predictions(c, race_id, day, limit)
+    )
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])
@@ -304,14 +353,28 @@ async def healthz(service: ServiceDep) -> Health:
     return Health(status="ok", model_version=service.predictor.model_version)
 
 
-@router.get("/metrics", tags=["service"], response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+@router.get(
+    "/metrics",
+    tags=["service"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def prometheus_metrics(request: Request, service: ServiceDep) -> Response:
     return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
 
 def unprocessable_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, _Unprocessable)
-    return JSONResponse(status_code=422, content={"detail": [
-        {"loc": ["body", *exc.field.split(".")], "msg": f"{exc.field}: {exc.message}", "type": "value_error",
-         "field": exc.field}]})
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": [
+                {
+                    "loc": ["body", *exc.field.split(".")],
+                    "msg": f"{exc.field}: {exc.message}",
+                    "type": "value_error",
+                    "field": exc.field,
+                }
+            ]
+        },
+    )

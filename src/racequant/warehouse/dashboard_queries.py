@@ -102,8 +102,9 @@ def backtest_race_returns(conn: duckdb.DuckDBPyConnection, run_id: str) -> pd.Da
     The stakes were sized on the compounding bankroll, so the bankroll after a race is the starting bankroll
     plus the running sum of (returned - staked)."""
     if not _has_table(conn, "backtest_predictions"):
-        return pd.DataFrame(columns=["date", "race_id", "fold", "stake_win", "return_win", "stake_place",
-                                     "return_place"])
+        return pd.DataFrame(
+            columns=["date", "race_id", "fold", "stake_win", "return_win", "stake_place", "return_place"]
+        )
     return conn.execute(
         """
         SELECT r.date, p.race_id, min(p.fold) AS fold,

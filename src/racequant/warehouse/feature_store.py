@@ -61,9 +61,7 @@ def store_features(
 
 
 def _require_features(conn: duckdb.DuckDBPyConnection) -> None:
-    found = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'features'"
-    ).fetchone()[0]  # type: ignore[index]
+    found = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'features'").fetchone()[0]  # type: ignore[index]
     if not found:
         raise WarehouseError("The warehouse has no features yet; run 'racequant features build'.")
 
@@ -149,7 +147,5 @@ def save_card_state(
 
 
 def _read_only(conn: duckdb.DuckDBPyConnection) -> bool:
-    rows = conn.execute(
-        "SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()"
-    ).fetchall()
+    rows = conn.execute("SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
     return bool(rows and rows[0][0])

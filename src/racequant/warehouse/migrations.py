@@ -213,8 +213,7 @@ def apply_migrations(
     latest = migrations[-1].version
     if done and max(done) > latest:
         raise WarehouseError(
-            f"The {what} has schema version {max(done)}, newer than this racequant knows ({latest}); "
-            "upgrade racequant."
+            f"The {what} has schema version {max(done)}, newer than this racequant knows ({latest}); upgrade racequant."
         )
     applied = []
     for migration in migrations:

@@ -263,8 +263,20 @@ def record_many_outcomes(
 def store_daily_metrics(conn: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
     """Replace the stored metrics of ``row['day']`` with ``row``."""
     conn.execute("DELETE FROM daily_metrics WHERE day = ?", [row["day"]])
-    cols = ("day", "n_predictions", "n_scored", "n_races", "win_auc", "place_auc", "win_brier", "place_brier",
-            "win_ece", "place_ece", "mean_latency_ms", "computed_at")
+    cols = (
+        "day",
+        "n_predictions",
+        "n_scored",
+        "n_races",
+        "win_auc",
+        "place_auc",
+        "win_brier",
+        "place_brier",
+        "win_ece",
+        "place_ece",
+        "mean_latency_ms",
+        "computed_at",
+    )
     conn.execute(
         f"INSERT INTO daily_metrics ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
         [row.get(c) for c in cols],

@@ -16,8 +16,18 @@ from racequant.errors import RacequantError
 
 logger = logging.getLogger(__name__)
 
-GROUP_FIGURES = ("n_races", "pseudo_r2", "market_pseudo_r2", "combined_pseudo_r2", "delta_r2", "ece",
-                 "top_pick_strike_rate", "favourite_strike_rate", "roi_kelly_win", "n_bets")
+GROUP_FIGURES = (
+    "n_races",
+    "pseudo_r2",
+    "market_pseudo_r2",
+    "combined_pseudo_r2",
+    "delta_r2",
+    "ece",
+    "top_pick_strike_rate",
+    "favourite_strike_rate",
+    "roi_kelly_win",
+    "n_bets",
+)
 
 
 def headline_frame(metrics: dict[str, Any]) -> pd.DataFrame:
@@ -27,31 +37,44 @@ def headline_frame(metrics: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for r in headline_rows(metrics):
         lo, hi = r["roi_ci"]
-        rows.append({
-            "": r["row"],
-            "races": fmt(r["races"]),
-            "pseudo-R2": fmt(r["pseudo_r2"], 4),
-            "winner log loss": fmt(r["winner_logloss"]),
-            "ECE": fmt(r["ece"], 4),
-            "top pick": fmt(r["top_pick"]),
-            "ROI": fmt(r["roi_kelly_win"]),
-            "ROI 95% CI": "-" if lo is None else f"[{fmt(lo)}, {fmt(hi)}]",
-        })
+        rows.append(
+            {
+                "": r["row"],
+                "races": fmt(r["races"]),
+                "pseudo-R2": fmt(r["pseudo_r2"], 4),
+                "winner log loss": fmt(r["winner_logloss"]),
+                "ECE": fmt(r["ece"], 4),
+                "top pick": fmt(r["top_pick"]),
+                "ROI": fmt(r["roi_kelly_win"]),
+                "ROI 95% CI": "-" if lo is None else f"[{fmt(lo)}, {fmt(hi)}]",
+            }
+        )
     return pd.DataFrame(rows).set_index("")
 
 
 def reliability_chart(metrics: dict[str, Any]) -> alt.LayerChart:
-    rows = [{**point, "source": source} for source, points in (metrics.get("reliability") or {}).items()
-            for point in points]
+    rows = [
+        {**point, "source": source} for source, points in (metrics.get("reliability") or {}).items() for point in points
+    ]
     data = pd.DataFrame(rows, columns=["bin", "n", "mean_predicted", "observed", "source"])
-    diagonal = alt.Chart(pd.DataFrame({"p": [0.0, 1.0]})).mark_line(color="grey", strokeDash=[4, 4]).encode(
-        x="p:Q", y="p:Q")
+    diagonal = (
+        alt.Chart(pd.DataFrame({"p": [0.0, 1.0]})).mark_line(color="grey", strokeDash=[4, 4]).encode(x="p:Q", y="p:Q")
+    )
     top = float(max(data["mean_predicted"].max(), data["observed"].max(), 0.05)) if len(data) else 1.0
-    points = alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("mean_predicted:Q", title="mean predicted win probability", scale=alt.Scale(domain=[0, top])),
-        y=alt.Y("observed:Q", title="observed win frequency", scale=alt.Scale(domain=[0, top])),
-        color=alt.Color("source:N", title=None),
-        tooltip=["source", "n", alt.Tooltip("mean_predicted:Q", format=".3f"), alt.Tooltip("observed:Q", format=".3f")],
+    points = (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("mean_predicted:Q", title="mean predicted win probability", scale=alt.Scale(domain=[0, top])),
+            y=alt.Y("observed:Q", title="observed win frequency", scale=alt.Scale(domain=[0, top])),
+            color=alt.Color("source:N", title=None),
+            tooltip=[
+                "source",
+                "n",
+                alt.Tooltip("mean_predicted:Q", format=".3f"),
+                alt.Tooltip("observed:Q", format=".3f"),
+            ],
+        )
     )
     return (diagonal + points).properties(title="Reliability diagram", height=320)
 
@@ -66,8 +89,10 @@ def bankroll_frame(returns: pd.DataFrame, initial: float) -> pd.DataFrame:
 
 
 def groups_frame(groups: dict[str, dict[str, Any]], label: str) -> pd.DataFrame:
-    rows = [{label: name, **{k: fmt(m.get(k), 4 if "r2" in k or k == "ece" else 3) for k in GROUP_FIGURES}}
-            for name, m in groups.items()]
+    rows = [
+        {label: name, **{k: fmt(m.get(k), 4 if "r2" in k or k == "ece" else 3) for k in GROUP_FIGURES}}
+        for name, m in groups.items()
+    ]
     return pd.DataFrame(rows).set_index(label) if rows else pd.DataFrame()
 
 
@@ -77,12 +102,17 @@ def folds_frame(metrics: dict[str, Any], folds: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for fold in folds.itertuples():
         figures = by_fold.get(str(fold.fold), {})
-        for key, source in (("pseudo_r2", "model"), ("market_pseudo_r2", "market"),
-                            ("combined_pseudo_r2", "combined")):
+        for key, source in (("pseudo_r2", "model"), ("market_pseudo_r2", "market"), ("combined_pseudo_r2", "combined")):
             value = figures.get(key)
             if value is not None:
-                rows.append({"test_start": pd.Timestamp(fold.test_start), "fold": fold.fold, "source": source,
-                             "pseudo_r2": value})
+                rows.append(
+                    {
+                        "test_start": pd.Timestamp(fold.test_start),
+                        "fold": fold.fold,
+                        "source": source,
+                        "pseudo_r2": value,
+                    }
+                )
     return pd.DataFrame(rows, columns=["test_start", "fold", "source", "pseudo_r2"])
 
 
@@ -91,8 +121,11 @@ def render() -> None:
     from racequant.warehouse.dashboard_queries import backtest_race_returns, backtest_run, has_backtest_runs
 
     s = settings()
-    page_header("Backtest", "Walk-forward runs stored in the warehouse: the model beside the market, on the same "
-                "races, bet with the real odds.")
+    page_header(
+        "Backtest",
+        "Walk-forward runs stored in the warehouse: the model beside the market, on the same "
+        "races, bet with the real odds.",
+    )
     if db_missing(s.db):
         return
     try:
@@ -101,8 +134,9 @@ def render() -> None:
             if not runs:
                 st.info("No backtest run in the warehouse yet: run `racequant backtest --start D --end D --out DIR`.")
                 return
-            labels = {r["run_id"]: f"{r['run_id']} ({r['test_start']} to {r['test_end']}, {r['n_races']} races)"
-                      for r in runs}
+            labels = {
+                r["run_id"]: f"{r['run_id']} ({r['test_start']} to {r['test_end']}, {r['n_races']} races)" for r in runs
+            }
             run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
             run = backtest_run(conn, run_id)
             returns = backtest_race_returns(conn, run_id)
@@ -110,39 +144,53 @@ def render() -> None:
         st.error(str(exc))
         return
     metrics = run["metrics"]
-    st.caption(f"{run['n_folds']} folds, {run['n_races']} test races from {run['test_start']} to {run['test_end']}, "
-               f"win bets on the {metrics.get('betting_probabilities', '?')} probabilities; run in "
-               f"{run['seconds']:.0f} s.")
+    st.caption(
+        f"{run['n_folds']} folds, {run['n_races']} test races from {run['test_start']} to {run['test_end']}, "
+        f"win bets on the {metrics.get('betting_probabilities', '?')} probabilities; run in "
+        f"{run['seconds']:.0f} s."
+    )
 
     st.subheader("Headline")
     st.table(headline_frame(metrics))
-    st.write(f"Gain of combined over the market: **{fmt(metrics.get('delta_r2'), 4)}** pseudo-R2 "
-             f"[{fmt(metrics.get('delta_r2_ci_low'), 4)}, {fmt(metrics.get('delta_r2_ci_high'), 4)}] (95% CI); "
-             f"Kelly ROI win {fmt(metrics.get('roi_kelly_win'))}, place {fmt(metrics.get('roi_kelly_place'))}, "
-             f"{metrics.get('n_bets', '-')} bets.")
+    st.write(
+        f"Gain of combined over the market: **{fmt(metrics.get('delta_r2'), 4)}** pseudo-R2 "
+        f"[{fmt(metrics.get('delta_r2_ci_low'), 4)}, {fmt(metrics.get('delta_r2_ci_high'), 4)}] (95% CI); "
+        f"Kelly ROI win {fmt(metrics.get('roi_kelly_win'))}, place {fmt(metrics.get('roi_kelly_place'))}, "
+        f"{metrics.get('n_bets', '-')} bets."
+    )
 
     left, right = st.columns(2)
     left.altair_chart(reliability_chart(metrics), width="stretch")
     bands = pd.DataFrame(metrics.get("roi_by_odds_band") or [], columns=["band", "n_bets", "staked", "roi"])
     right.altair_chart(
-        alt.Chart(bands).mark_bar().encode(
-            x=alt.X("band:N", sort=None, title="win odds"), y=alt.Y("roi:Q", title="ROI"),
+        alt.Chart(bands)
+        .mark_bar()
+        .encode(
+            x=alt.X("band:N", sort=None, title="win odds"),
+            y=alt.Y("roi:Q", title="ROI"),
             color=alt.condition("datum.roi >= 0", alt.value("#2ca02c"), alt.value("#d62728")),
             tooltip=["band", "n_bets", alt.Tooltip("staked:Q", format=".2f"), alt.Tooltip("roi:Q", format=".3f")],
-        ).properties(title="Kelly win bets: ROI by odds band", height=320),
+        )
+        .properties(title="Kelly win bets: ROI by odds band", height=320),
         width="stretch",
     )
 
     st.subheader("Bankroll")
     initial = float(((run["params"].get("betting") or {}).get("initial_bankroll")) or 1.0)
     bankroll = bankroll_frame(returns, initial)
-    curve = bankroll.melt(id_vars=["race", "date"], value_vars=["win bets", "place bets"], var_name="bets",
-                          value_name="bankroll")
+    curve = bankroll.melt(
+        id_vars=["race", "date"], value_vars=["win bets", "place bets"], var_name="bets", value_name="bankroll"
+    )
     st.altair_chart(
-        alt.Chart(curve).mark_line().encode(
-            x=alt.X("race:Q", title="test race"), y=alt.Y("bankroll:Q", title="bankroll"),
-            color=alt.Color("bets:N", title=None), tooltip=["date:T", "race", alt.Tooltip("bankroll:Q", format=".3f")],
-        ).properties(title=f"Fractional Kelly bankroll race by race (start {initial:g})", height=300),
+        alt.Chart(curve)
+        .mark_line()
+        .encode(
+            x=alt.X("race:Q", title="test race"),
+            y=alt.Y("bankroll:Q", title="bankroll"),
+            color=alt.Color("bets:N", title=None),
+            tooltip=["date:T", "race", alt.Tooltip("bankroll:Q", format=".3f")],
+        )
+        .properties(title=f"Fractional Kelly bankroll race by race (start {initial:g})", height=300),
         width="stretch",
     )
 
@@ -150,10 +198,15 @@ def render() -> None:
     per_fold = folds_frame(metrics, run["folds"])
     if not per_fold.empty:
         st.altair_chart(
-            alt.Chart(per_fold).mark_line(point=True).encode(
-                x=alt.X("test_start:T", title="test window start"), y=alt.Y("pseudo_r2:Q", title="pseudo-R2"),
-                color=alt.Color("source:N", title=None), tooltip=["fold", "source", "pseudo_r2"],
-            ).properties(height=260),
+            alt.Chart(per_fold)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("test_start:T", title="test window start"),
+                y=alt.Y("pseudo_r2:Q", title="pseudo-R2"),
+                color=alt.Color("source:N", title=None),
+                tooltip=["fold", "source", "pseudo_r2"],
+            )
+            .properties(height=260),
             width="stretch",
         )
     st.dataframe(run["folds"], hide_index=True)

@@ -36,19 +36,23 @@ def versions_frame(versions: list[dict[str, Any]], loaded: str | None) -> pd.Dat
         window = m.get("training_window") or {}
         races = window.get("races") or {}
         metrics = (m.get("validation_metrics") or {}).get("calibration_races_uncalibrated") or {}
-        rows.append({
-            "version": v["folder"].name,
-            "loaded": "yes" if v["folder"].name == loaded else "",
-            "created": m.get("created_at", "-"),
-            "training window": f"{window.get('start', '-')} to {window.get('end', '-')}",
-            "races (train/val/cal)": "/".join(str(races.get(k, "-")) for k in ("train", "validation", "calibration")),
-            "pseudo-R2": fmt(metrics.get("pseudo_r2"), 4),
-            "winner log loss": fmt(metrics.get("winner_log_loss")),
-            "ECE": fmt(metrics.get("ece"), 4),
-            "features": len(m.get("feature_columns") or []),
-            "feature version": m.get("feature_manifest_hash", "-"),
-            "problem": v["problem"] or "",
-        })
+        rows.append(
+            {
+                "version": v["folder"].name,
+                "loaded": "yes" if v["folder"].name == loaded else "",
+                "created": m.get("created_at", "-"),
+                "training window": f"{window.get('start', '-')} to {window.get('end', '-')}",
+                "races (train/val/cal)": "/".join(
+                    str(races.get(k, "-")) for k in ("train", "validation", "calibration")
+                ),
+                "pseudo-R2": fmt(metrics.get("pseudo_r2"), 4),
+                "winner log loss": fmt(metrics.get("winner_log_loss")),
+                "ECE": fmt(metrics.get("ece"), 4),
+                "features": len(m.get("feature_columns") or []),
+                "feature version": m.get("feature_manifest_hash", "-"),
+                "problem": v["problem"] or "",
+            }
+        )
     return pd.DataFrame(rows).set_index("version")
 
 
@@ -65,8 +69,11 @@ def _api_status(url: str) -> dict[str, Any] | str:
 
 def render() -> None:
     s = settings()
-    page_header("Models", "The model registry: versions, training windows and validation metrics (on the "
-                "calibration races, held back from the boosters).")
+    page_header(
+        "Models",
+        "The model registry: versions, training windows and validation metrics (on the "
+        "calibration races, held back from the boosters).",
+    )
     models_dir = Path(s.models_dir)
     versions = registry_versions(models_dir) if models_dir.is_dir() else []
     if not versions:
@@ -77,9 +84,11 @@ def render() -> None:
         predictor = load_predictor(str(models_dir), s.model_version)
         loaded_version = predictor.directory.name if predictor.directory else predictor.model_version
         models = ", ".join(f"{k} {'✓' if ok else '✗'}" for k, ok in predictor.models_loaded.items())
-        st.success(f"The dashboard predicts with **{loaded_version}** "
-                   f"({'pinned by RACEQUANT_MODEL_VERSION' if s.model_version else 'the latest version'}): "
-                   f"{predictor.feature_count} features, feature version {predictor.feature_version}; {models}.")
+        st.success(
+            f"The dashboard predicts with **{loaded_version}** "
+            f"({'pinned by RACEQUANT_MODEL_VERSION' if s.model_version else 'the latest version'}): "
+            f"{predictor.feature_count} features, feature version {predictor.feature_version}; {models}."
+        )
     except RacequantError as exc:
         st.error(f"The dashboard cannot load a model: {exc}")
     url = api_url()
@@ -88,8 +97,10 @@ def render() -> None:
         if isinstance(status, str):
             st.warning(status)
         else:
-            st.info(f"The API at {url} serves **{status.get('model_version')}** ({status.get('status')}), "
-                    f"loaded at {status.get('loaded_at')}.")
+            st.info(
+                f"The API at {url} serves **{status.get('model_version')}** ({status.get('status')}), "
+                f"loaded at {status.get('loaded_at')}."
+            )
 
     st.subheader("Registry")
     st.table(versions_frame(versions, loaded_version))

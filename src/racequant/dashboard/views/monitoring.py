@@ -20,8 +20,17 @@ from racequant.errors import RacequantError
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("win_auc", "place_auc", "win_ece", "place_ece", "win_brier", "place_brier", "mean_latency_ms",
-           "n_predictions", "n_scored")
+METRICS = (
+    "win_auc",
+    "place_auc",
+    "win_ece",
+    "place_ece",
+    "win_brier",
+    "place_brier",
+    "mean_latency_ms",
+    "n_predictions",
+    "n_scored",
+)
 API_DAYS = 14
 
 
@@ -31,24 +40,40 @@ def drift_flags_frame(report: dict[str, Any]) -> pd.DataFrame:
     recent_cov = (cov.get("recent") or {}).get("coverage")
     drifted = ", ".join(feats.get("drifted") or []) or "no feature above the limit"
     rows = [
-        {"check": "performance", "flag": "FLAG" if perf["flag"] else "ok",
-         "detail": f"recent win AUC {fmt(perf['recent'].get('win_auc'))} vs historical "
-                   f"{fmt(perf['historical'].get('win_auc'))} (drop limit {perf['auc_drop_max']}); recent win ECE "
-                   f"{fmt(perf['recent'].get('win_ece'))} (limit {perf['ece_max']})"},
-        {"check": "features (PSI)", "flag": "FLAG" if feats["flag"] else "ok",
-         "detail": drifted if feats.get("status") == "ok" else str(feats.get("reason", feats.get("status")))},
-        {"check": "interval coverage", "flag": "FLAG" if cov["flag"] else "ok",
-         "detail": f"recent coverage {fmt(recent_cov)} (target {cov['target']}, tolerance {cov['tolerance']})"},
+        {
+            "check": "performance",
+            "flag": "FLAG" if perf["flag"] else "ok",
+            "detail": f"recent win AUC {fmt(perf['recent'].get('win_auc'))} vs historical "
+            f"{fmt(perf['historical'].get('win_auc'))} (drop limit {perf['auc_drop_max']}); recent win ECE "
+            f"{fmt(perf['recent'].get('win_ece'))} (limit {perf['ece_max']})",
+        },
+        {
+            "check": "features (PSI)",
+            "flag": "FLAG" if feats["flag"] else "ok",
+            "detail": drifted if feats.get("status") == "ok" else str(feats.get("reason", feats.get("status"))),
+        },
+        {
+            "check": "interval coverage",
+            "flag": "FLAG" if cov["flag"] else "ok",
+            "detail": f"recent coverage {fmt(recent_cov)} (target {cov['target']}, tolerance {cov['tolerance']})",
+        },
     ]
     return pd.DataFrame(rows).set_index("check")
 
 
 def metrics_chart(daily: pd.DataFrame, columns: list[str], title: str) -> alt.Chart:
     long = daily.melt(id_vars=["day"], value_vars=[c for c in columns if c in daily.columns], var_name="metric")
-    return alt.Chart(long.dropna()).mark_line(point=True).encode(
-        x=alt.X("day:T", title=None), y=alt.Y("value:Q", title=None), color=alt.Color("metric:N", title=None),
-        tooltip=["day:T", "metric", alt.Tooltip("value:Q", format=".4f")],
-    ).properties(title=title, height=260)
+    return (
+        alt.Chart(long.dropna())
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("day:T", title=None),
+            y=alt.Y("value:Q", title=None),
+            color=alt.Color("metric:N", title=None),
+            tooltip=["day:T", "metric", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(title=title, height=260)
+    )
 
 
 def _from_log(log: Path) -> dict[str, Any]:
@@ -66,11 +91,23 @@ def _from_log(log: Path) -> dict[str, Any]:
         daily = daily[daily["n_predictions"].fillna(0) > 0]
     report = None
     if last_day is not None:
-        report = drift(log, as_of=last_day, recent_days=s.drift_recent_days, auc_drop=s.drift_auc_drop,
-                       ece_max=s.drift_ece_max, psi_max=s.drift_psi_max, coverage_target=s.interval_coverage_target,
-                       coverage_tolerance=s.interval_coverage_tolerance)
-    return {"daily": daily, "alerts": tables["alerts"], "drift": report, "n_predictions": tables["n_predictions"],
-            "source": f"the prediction log {log}"}
+        report = drift(
+            log,
+            as_of=last_day,
+            recent_days=s.drift_recent_days,
+            auc_drop=s.drift_auc_drop,
+            ece_max=s.drift_ece_max,
+            psi_max=s.drift_psi_max,
+            coverage_target=s.interval_coverage_target,
+            coverage_tolerance=s.interval_coverage_tolerance,
+        )
+    return {
+        "daily": daily,
+        "alerts": tables["alerts"],
+        "drift": report,
+        "n_predictions": tables["n_predictions"],
+        "source": f"the prediction log {log}",
+    }
 
 
 def _from_api(url: str) -> dict[str, Any]:
@@ -87,14 +124,22 @@ def _from_api(url: str) -> dict[str, Any]:
         drift_response = client.get("/api/v1/monitoring/drift")
         drift_response.raise_for_status()
     daily = pd.DataFrame(rows)
-    return {"daily": daily[daily["n_predictions"].fillna(0) > 0], "alerts": None, "drift": drift_response.json(),
-            "n_predictions": int(daily["n_predictions"].fillna(0).sum()), "source": f"the API at {url}"}
+    return {
+        "daily": daily[daily["n_predictions"].fillna(0) > 0],
+        "alerts": None,
+        "drift": drift_response.json(),
+        "n_predictions": int(daily["n_predictions"].fillna(0).sum()),
+        "source": f"the API at {url}",
+    }
 
 
 def render() -> None:
     s = settings()
-    page_header("Monitoring", "The served predictions: daily metrics once results are in, drift flags against the "
-                "training window and history, and the alerts raised.")
+    page_header(
+        "Monitoring",
+        "The served predictions: daily metrics once results are in, drift flags against the "
+        "training window and history, and the alerts raised.",
+    )
     log = s.predlog_path()
     try:
         data = _from_log(log)
@@ -118,11 +163,14 @@ def render() -> None:
         daily = daily.assign(day=pd.to_datetime(daily["day"]))
         left, right = st.columns(2)
         left.altair_chart(metrics_chart(daily, ["win_auc", "place_auc"], "AUC"), width="stretch")
-        right.altair_chart(metrics_chart(daily, ["win_ece", "place_ece", "win_brier", "place_brier"],
-                                         "Calibration (ECE) and Brier"), width="stretch")
+        right.altair_chart(
+            metrics_chart(daily, ["win_ece", "place_ece", "win_brier", "place_brier"], "Calibration (ECE) and Brier"),
+            width="stretch",
+        )
         left.altair_chart(metrics_chart(daily, ["mean_latency_ms"], "Mean latency (ms)"), width="stretch")
-        right.altair_chart(metrics_chart(daily, ["n_predictions", "n_scored"], "Predictions and scored runners"),
-                           width="stretch")
+        right.altair_chart(
+            metrics_chart(daily, ["n_predictions", "n_scored"], "Predictions and scored runners"), width="stretch"
+        )
         shown = daily[["day", *[c for c in METRICS if c in daily.columns]]].copy()
         shown["day"] = shown["day"].dt.date
         st.dataframe(shown.sort_values("day", ascending=False), hide_index=True)
@@ -135,7 +183,8 @@ def render() -> None:
         window = report["recent_window"]
         flags = report.get("flags") or []
         message = f"Recent window {window['start']} to {window['end']}: " + (
-            "drift flagged in " + ", ".join(flags) if flags else "no drift flagged")
+            "drift flagged in " + ", ".join(flags) if flags else "no drift flagged"
+        )
         (st.warning if flags else st.success)(message)
         st.table(drift_flags_frame(report))
 

@@ -62,13 +62,37 @@ def probability_frame(records: list[dict[str, Any]], fused: list[dict[str, Any]]
         f = final.get(r["horse_id"], {})
         for kind in ("win", "place"):
             base = r[f"{kind}_prob_base"]
-            rows.append({"horse": name, "kind": kind, "series": "model (base)", "value": base,
-                         "lower": r[f"{kind}_prob_lower"], "upper": r[f"{kind}_prob_upper"]})
-            rows.append({"horse": name, "kind": kind, "series": "fused",
-                         "value": f.get(f"{kind}_prob_final", base), "lower": None, "upper": None})
+            rows.append(
+                {
+                    "horse": name,
+                    "kind": kind,
+                    "series": "model (base)",
+                    "value": base,
+                    "lower": r[f"{kind}_prob_lower"],
+                    "upper": r[f"{kind}_prob_upper"],
+                }
+            )
+            rows.append(
+                {
+                    "horse": name,
+                    "kind": kind,
+                    "series": "fused",
+                    "value": f.get(f"{kind}_prob_final", base),
+                    "lower": None,
+                    "upper": None,
+                }
+            )
         if r.get("market_prob") is not None:
-            rows.append({"horse": name, "kind": "win", "series": "market (odds)", "value": r["market_prob"],
-                         "lower": None, "upper": None})
+            rows.append(
+                {
+                    "horse": name,
+                    "kind": "win",
+                    "series": "market (odds)",
+                    "value": r["market_prob"],
+                    "lower": None,
+                    "upper": None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -83,16 +107,23 @@ def probability_chart(frame: pd.DataFrame, kind: str, order: list[str]) -> alt.L
             x=alt.X("value:Q", title=f"{kind} probability", axis=alt.Axis(format=".0%")),
             y=y,
             yOffset=alt.YOffset("series:N", sort=SERIES_ORDER),
-            color=alt.Color("series:N", scale=alt.Scale(domain=SERIES_ORDER, range=SERIES_COLOURS),
-                            legend=alt.Legend(orient="bottom", title=None)),
+            color=alt.Color(
+                "series:N",
+                scale=alt.Scale(domain=SERIES_ORDER, range=SERIES_COLOURS),
+                legend=alt.Legend(orient="bottom", title=None),
+            ),
             tooltip=["horse", "series", alt.Tooltip("value:Q", format=".3f")],
         )
     )
     interval = (
         alt.Chart(data[data["series"] == "model (base)"])
         .mark_rule(color="black", strokeWidth=2)
-        .encode(x="lower:Q", x2="upper:Q", y=y,
-                tooltip=["horse", alt.Tooltip("lower:Q", format=".3f"), alt.Tooltip("upper:Q", format=".3f")])
+        .encode(
+            x="lower:Q",
+            x2="upper:Q",
+            y=y,
+            tooltip=["horse", alt.Tooltip("lower:Q", format=".3f"), alt.Tooltip("upper:Q", format=".3f")],
+        )
     )
     return (bars + interval).properties(height=max(220, 34 * len(order)), title=f"{kind.title()} probability")
 
@@ -172,8 +203,11 @@ def _uploaded_card() -> Any:
 
 def render() -> None:
     s = settings()
-    page_header("Race card", "Calibrated win and place probabilities per runner, their 90% intervals, the fused "
-                "probabilities and the market's odds-implied probability beside them.")
+    page_header(
+        "Race card",
+        "Calibrated win and place probabilities per runner, their 90% intervals, the fused "
+        "probabilities and the market's odds-implied probability beside them.",
+    )
     if db_missing(s.db):
         return
     source = st.radio("Race", [STORED, UPLOAD], horizontal=True, key="card_source", label_visibility="collapsed")
@@ -188,28 +222,39 @@ def render() -> None:
             if card is None:
                 return
         qual_upload = st.file_uploader("Qualitative records (JSON, optional)", type=["json"], key="qual_file")
-        records = predict_records(str(s.db), Path(s.db).stat().st_mtime, str(s.models_dir), s.model_version,
-                                  card.model_dump_json())
-        fused, fusion_note = fused_records(records, Path(s.db), card.race_id,
-                                           None if qual_upload is None else qual_upload.getvalue())
+        records = predict_records(
+            str(s.db), Path(s.db).stat().st_mtime, str(s.models_dir), s.model_version, card.model_dump_json()
+        )
+        fused, fusion_note = fused_records(
+            records, Path(s.db), card.race_id, None if qual_upload is None else qual_upload.getvalue()
+        )
     except (RacequantError, ValueError) as exc:
         st.error(str(exc))
         return
 
     first = records[0]
     st.subheader(f"{card.race_id}: {card.track}, {card.date}, {card.distance} m, class {card.race_class or '-'}")
-    st.caption(f"Model {first['model_version']} (features {first['feature_version']}), as of {first['as_of']}. "
-               + fusion_note)
+    st.caption(
+        f"Model {first['model_version']} (features {first['feature_version']}), as of {first['as_of']}. " + fusion_note
+    )
     favourite = max(records, key=lambda r: r["win_prob_base"])
     m1, m2, m3 = st.columns(3)
-    m1.metric("Model's top pick", str(favourite.get("horse_name") or favourite["horse_id"]),
-              f"win {favourite['win_prob_base']:.1%}", delta_color="off")
+    m1.metric(
+        "Model's top pick",
+        str(favourite.get("horse_name") or favourite["horse_id"]),
+        f"win {favourite['win_prob_base']:.1%}",
+        delta_color="off",
+    )
     m2.metric("Runners", len(records))
     market = [r for r in records if r.get("market_prob") is not None]
     if market:
         fav = max(market, key=lambda r: r["market_prob"])
-        m3.metric("Market favourite", str(fav.get("horse_name") or fav["horse_id"]),
-                  f"implied {fav['market_prob']:.1%}", delta_color="off")
+        m3.metric(
+            "Market favourite",
+            str(fav.get("horse_name") or fav["horse_id"]),
+            f"implied {fav['market_prob']:.1%}",
+            delta_color="off",
+        )
     else:
         m3.metric("Market", "no odds on the card")
 
