@@ -160,6 +160,7 @@ class Predictor:
         group_col = self.pipeline.calibration_group
         if group_col is not None and group_col not in frame.columns:
             race_values = race_card.model_dump()
+            frame = frame.copy()  # one consolidated block: inserting into the fragmented feature frame is slow
             frame[group_col] = race_values.get(group_col, race_card.track)
         out = self.pipeline.predict(frame)
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
