@@ -39,6 +39,7 @@ from racequant.features import (
 )
 from racequant.features._base import BEFORE, Step, base_steps, card_base_steps
 from racequant.features.manifest import all_specs, feature_version
+from racequant.ingest.schema import RACE_COLUMNS, RUNNER_COLUMNS
 from racequant.warehouse import feature_store
 
 logger = logging.getLogger(__name__)
@@ -426,45 +427,9 @@ def refresh_card_state(conn: duckdb.DuckDBPyConnection, *, force: bool = False) 
     return True
 
 
-_RACE_COLS = (
-    "race_id",
-    "date",
-    "track",
-    "country",
-    "race_no",
-    "off_time",
-    "distance_m",
-    "surface",
-    "going",
-    "race_class",
-    "rating_band",
-    "prize",
-    "course_config",
-    "section_distances_m",
-)
-_RUNNER_COLS = (
-    "race_id",
-    "horse_id",
-    "horse_name",
-    "saddle_no",
-    "draw",
-    "jockey_id",
-    "trainer_id",
-    "age",
-    "sex",
-    "carried_weight_lbs",
-    "horse_weight_lbs",
-    "rating",
-    "gear",
-    "status",
-    "finish_position",
-    "margin_lengths",
-    "finish_time_s",
-    "running_positions",
-    "section_times_s",
-    "win_odds",
-    "place_odds",
-)
+# a card's rows take the canonical columns (less the source label and the going as the source wrote it)
+_RACE_COLS = tuple(c for c in RACE_COLUMNS if c not in ("source", "going_raw"))
+_RUNNER_COLS = tuple(RUNNER_COLUMNS)
 _HORSE_COLS = ("horse_id", "sire", "dam", "damsire", "sex", "foaled_year")
 
 

@@ -26,62 +26,16 @@ import numpy as np
 import pandas as pd
 
 from racequant.errors import ConfigurationError
+from racequant.ingest.schema import HORSE_COLUMNS, RACE_COLUMNS, RUNNER_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SimulatedResults", "simulate", "write_results"]
 
-RACE_FILE_COLUMNS: tuple[str, ...] = (
-    "race_id",
-    "date",
-    "track",
-    "country",
-    "race_no",
-    "off_time",
-    "distance_m",
-    "surface",
-    "going",
-    "going_raw",
-    "race_class",
-    "rating_band",
-    "prize",
-    "course_config",
-    "section_distances_m",
-)
-RUNNER_FILE_COLUMNS: tuple[str, ...] = (
-    "race_id",
-    "horse_id",
-    "horse_name",
-    "saddle_no",
-    "draw",
-    "jockey_id",
-    "trainer_id",
-    "age",
-    "sex",
-    "carried_weight_lbs",
-    "horse_weight_lbs",
-    "rating",
-    "gear",
-    "status",
-    "finish_position",
-    "margin_lengths",
-    "finish_time_s",
-    "running_positions",
-    "section_times_s",
-    "win_odds",
-    "place_odds",
-)
-HORSE_FILE_COLUMNS: tuple[str, ...] = (
-    "horse_id",
-    "horse_name",
-    "sire",
-    "dam",
-    "damsire",
-    "country_of_birth",
-    "sex",
-    "colour",
-    "foaled_year",
-)
+# the racequant results format's columns are the canonical ones, less the warehouse's own 'source' label
+RACE_FILE_COLUMNS: tuple[str, ...] = tuple(c for c in RACE_COLUMNS if c != "source")
+RUNNER_FILE_COLUMNS: tuple[str, ...] = tuple(RUNNER_COLUMNS)
+HORSE_FILE_COLUMNS: tuple[str, ...] = tuple(HORSE_COLUMNS)
 
 # ---------------------------------------------------------------------------------------------
 # Parameters of the generative model (documented in docs/simulator.md)
