@@ -1,7 +1,9 @@
 """Benchmark of the models beside the market on Hong Kong 1997-2005.
 
     python benchmarks/bench_models.py [--objective binary|rank|softmax] [--n-estimators N] [--learning-rate LR]
-                                      [--min-group-size N] [--json OUT]
+                                      [--min-group-size N] [--win-objective LIB=OBJ,...]
+                                      [--booster-params JSON] [--rank-relevance win|graded]
+                                      [--validation-only] [--json OUT]
 
 Without options the pipeline runs with its defaults (the configuration chosen on pre-2004 validation races,
 see docs/models.md); each option overrides one default.
@@ -33,7 +35,8 @@ from racequant.calibration import metrics as M
 from racequant.features import build_features
 from racequant.features.manifest import feature_version
 from racequant.models.api import fundamental_columns
-from racequant.models.pipeline import RacePipeline
+from racequant.models.boosters import LIBRARIES
+from racequant.models.pipeline import DEFAULT_BOOSTER_PARAMS, DEFAULT_WIN_OBJECTIVE, RacePipeline
 from racequant.models.place import harville_place_probabilities, placed_from_positions
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hkjc-1997-2005"
@@ -102,12 +105,56 @@ def machine() -> dict[str, object]:
     }
 
 
+def validation_report(pipe: RacePipeline, train: pd.DataFrame, fit_seconds: float, out_json: Path | None) -> None:
+    """Per-model and blended (uncalibrated) figures on the pipeline's own calibration slice (2003 when trained
+    on races before 2004), with the trees, temperatures and blend weights: the selection protocol of
+    docs/models.md. The races from 2004 are not scored."""
+    cal = train[train["race_date"] > pd.Timestamp(pipe.training_window_["validation_end"])]
+    base = pipe._base(cal)
+    won = (cal["finish_position"] == 1).to_numpy()
+    race = cal["race_id"].to_numpy()
+    cols = [f"{lib}_win" for lib in pipe.win_boosters_] + ["win_prob_base"]
+    table = {c: M.benchmark_metrics(race, base[c].to_numpy(), won) for c in cols}
+    table["market"] = M.benchmark_metrics(race, cal["market_prob"].to_numpy(), won)
+    v = pipe.validation_metrics_
+    result = {
+        "races": int(cal["race_id"].nunique()),
+        "window": pipe.training_window_,
+        "objectives": pipe._objectives(),
+        "rank_relevance": pipe.rank_relevance,
+        "booster_params": pipe.booster_params,
+        "metrics": table,
+        "temperatures": v["temperatures"],
+        "blend_weights": v["blend_weights"],
+        "best_iterations": v["best_iterations"],
+        "fit_seconds": fit_seconds,
+        "machine": machine(),
+    }
+    print(f"\nvalidation (calibration slice, uncalibrated): {result['races']} races, window {result['window']}")
+    print(pd.DataFrame(table).T.round(4).to_string())
+    print(json.dumps({k: result[k] for k in ("objectives", "temperatures", "blend_weights", "best_iterations")}))
+    if out_json:
+        out_json.write_text(json.dumps(result, indent=2, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--objective", default=None, choices=["binary", "rank", "softmax"])
     parser.add_argument("--n-estimators", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--min-group-size", type=int, default=None)
+    parser.add_argument(
+        "--win-objective", default=None, help="per library, e.g. lightgbm=rank,xgboost=softmax (others: default)"
+    )
+    parser.add_argument(
+        "--booster-params", default=None, help="JSON {library or library_win: {param: value}} merged over the defaults"
+    )
+    parser.add_argument("--rank-relevance", default=None, choices=["win", "graded"])
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="fit on races before 2004 and score the 2003 calibration slice (uncalibrated); never touch 2004+",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -123,8 +170,18 @@ def main() -> None:
     )
     train = frame[frame["race_date"] < SPLIT]
     test = frame[frame["race_date"] >= SPLIT].copy()
+    win_objective = args.objective
+    if args.win_objective:
+        win_objective = {**DEFAULT_WIN_OBJECTIVE, **dict(kv.split("=", 1) for kv in args.win_objective.split(","))}
+    booster_params = None
+    if args.booster_params:
+        extra = json.loads(args.booster_params)
+        booster_params = {lib: {**DEFAULT_BOOSTER_PARAMS.get(lib, {}), **extra.get(lib, {})} for lib in LIBRARIES}
+        booster_params.update({k: v for k, v in extra.items() if k not in LIBRARIES})  # e.g. "lightgbm_win"
     overrides = {
-        "win_objective": args.objective,
+        "win_objective": win_objective,
+        "booster_params": booster_params,
+        "rank_relevance": args.rank_relevance,
         "n_estimators": args.n_estimators,
         "learning_rate": args.learning_rate,
         "min_group_size": args.min_group_size,
@@ -138,6 +195,9 @@ def main() -> None:
     fit_seconds = time.perf_counter() - t0
     # CPU seconds of this process (all its threads): on 2 otherwise idle cores the fit takes about cpu / 2
     fit_cpu_seconds = time.process_time() - cpu0
+    if args.validation_only:
+        validation_report(pipe, train, fit_seconds, args.json)
+        return
     out = pipe.predict(test)
     won = (test["finish_position"] == 1).to_numpy()
     placed = placed_from_positions(test["finish_position"].to_numpy(dtype=float), test["race_id"].to_numpy())
