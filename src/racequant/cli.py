@@ -613,7 +613,7 @@ def monitor_drift(
     db: DbOption = None,
 ) -> None:
     """Performance, calibration, feature and interval-coverage drift of the served predictions (always JSON)."""
-    from racequant.monitor import drift
+    from racequant.monitor.drift import drift, drift_thresholds
 
     settings = _settings(db)
     _parse_date(as_of, "--as-of")
@@ -621,11 +621,7 @@ def monitor_drift(
         settings.predlog_path(),
         as_of=as_of,
         recent_days=settings.drift_recent_days,
-        auc_drop=settings.drift_auc_drop,
-        ece_max=settings.drift_ece_max,
-        psi_max=settings.drift_psi_max,
-        coverage_target=settings.interval_coverage_target,
-        coverage_tolerance=settings.interval_coverage_tolerance,
+        **drift_thresholds(settings),
     )
     _print_json(report)  # the report is nested; JSON is its plain form too
 

@@ -139,7 +139,7 @@ def check_and_alert(
 ) -> list[dict[str, Any]]:
     """``racequant monitor alerts``: the day's metrics (stored) and the drift report, then any alerts they call for,
     sent per ``settings`` (webhook, timeout, retries, thresholds) and recorded in the log."""
-    from racequant.monitor.drift import drift
+    from racequant.monitor.drift import drift, drift_thresholds
     from racequant.monitor.metrics import daily_metrics
 
     day = date.fromisoformat(day) if isinstance(day, str) else day or datetime.now(UTC).date()
@@ -149,11 +149,7 @@ def check_and_alert(
         as_of=day,
         recent_days=settings.drift_recent_days,
         reference_features=reference_features,
-        auc_drop=settings.drift_auc_drop,
-        ece_max=settings.drift_ece_max,
-        psi_max=settings.drift_psi_max,
-        coverage_target=settings.interval_coverage_target,
-        coverage_tolerance=settings.interval_coverage_tolerance,
+        **drift_thresholds(settings),
     )
     alerts = evaluate_alerts(report, metrics, latency_ms_max=settings.alert_latency_ms, ece_max=settings.drift_ece_max)
     return send_alerts(

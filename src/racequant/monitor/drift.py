@@ -167,6 +167,17 @@ def drift_report(
     return report
 
 
+def drift_thresholds(settings: Any) -> dict[str, float]:
+    """The drift thresholds of ``settings`` as keyword arguments of ``drift`` / ``drift_report``."""
+    return {
+        "auc_drop": settings.drift_auc_drop,
+        "ece_max": settings.drift_ece_max,
+        "psi_max": settings.drift_psi_max,
+        "coverage_target": settings.interval_coverage_target,
+        "coverage_tolerance": settings.interval_coverage_tolerance,
+    }
+
+
 def drift(
     source: LogSource,
     *,

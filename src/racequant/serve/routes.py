@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from racequant.errors import RacequantError
 from racequant.fusion.errors import FusionMismatchError, QualitativeValidationError
 from racequant.monitor.drift import drift as drift_of_log
+from racequant.monitor.drift import drift_thresholds
 from racequant.monitor.metrics import daily_metrics
 from racequant.serve.auth import ApiKey
 from racequant.serve.errors import NotFoundError, ServiceUnavailableError, public_message
@@ -326,11 +327,7 @@ async def monitoring_drift(
             as_of=as_of,
             recent_days=recent_days or s.drift_recent_days,
             reference_features=service.reference_features,
-            auc_drop=s.drift_auc_drop,
-            ece_max=s.drift_ece_max,
-            psi_max=s.drift_psi_max,
-            coverage_target=s.interval_coverage_target,
-            coverage_tolerance=s.interval_coverage_tolerance,
+            **drift_thresholds(s),
         )
     )
 

@@ -77,7 +77,7 @@ def metrics_chart(daily: pd.DataFrame, columns: list[str], title: str) -> alt.Ch
 
 
 def _from_log(log: Path) -> dict[str, Any]:
-    from racequant.monitor import drift
+    from racequant.monitor.drift import drift, drift_thresholds
     from racequant.monitor.metrics import daily_metrics
     from racequant.warehouse.dashboard_queries import monitoring_tables
 
@@ -95,11 +95,7 @@ def _from_log(log: Path) -> dict[str, Any]:
             log,
             as_of=last_day,
             recent_days=s.drift_recent_days,
-            auc_drop=s.drift_auc_drop,
-            ece_max=s.drift_ece_max,
-            psi_max=s.drift_psi_max,
-            coverage_target=s.interval_coverage_target,
-            coverage_tolerance=s.interval_coverage_tolerance,
+            **drift_thresholds(s),
         )
     return {
         "daily": daily,
