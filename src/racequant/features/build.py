@@ -27,6 +27,7 @@ import pandas as pd
 
 from racequant.errors import RacequantError
 from racequant.features import (
+    card_engine,
     class_,
     composites,
     connections,
@@ -433,7 +434,8 @@ _RUNNER_COLS = tuple(RUNNER_COLUMNS)
 _HORSE_COLS = ("horse_id", "sire", "dam", "damsire", "sex", "foaled_year")
 
 
-def _card_frames(card: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _card_records(card: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The card's race record, its declared runners (results cleared) and its horse records, validated."""
     if "race" not in card or "runners" not in card:
         raise FeatureBuildError("A race card needs a 'race' record and a list of 'runners'.")
     race = dict(card["race"])
@@ -441,8 +443,8 @@ def _card_frames(card: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, p
         if race.get(col) is None:
             raise FeatureBuildError(f"The race card has no '{col}'.")
     race_id = race["race_id"]
-    races = pd.DataFrame([{c: race.get(c) for c in _RACE_COLS}])
-    races["date"] = pd.to_datetime(races["date"]).dt.date
+    race = {c: race.get(c) for c in _RACE_COLS}
+    race["date"] = pd.Timestamp(race["date"]).date()
     rows = []
     for runner in card["runners"]:
         row = {c: runner.get(c) for c in _RUNNER_COLS}
@@ -464,11 +466,19 @@ def _card_frames(card: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, p
         rows.append(row)
     if not rows:
         raise FeatureBuildError("The race card has no runners.")
-    runners = pd.DataFrame(rows, columns=list(_RUNNER_COLS))
-    horses = pd.DataFrame(
-        [{c: h.get(c) for c in _HORSE_COLS} for h in card.get("horses", [])], columns=list(_HORSE_COLS)
+    horses = [{c: h.get(c) for c in _HORSE_COLS} for h in card.get("horses", [])]
+    return race, rows, horses
+
+
+def _card_frames(
+    race: Mapping[str, Any], runners: list[dict[str, Any]], horses: list[dict[str, Any]]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The card's records as the frames the SQL card path registers."""
+    return (
+        pd.DataFrame([race], columns=list(_RACE_COLS)),
+        pd.DataFrame(runners, columns=list(_RUNNER_COLS)),
+        pd.DataFrame(horses, columns=list(_HORSE_COLS)),
     )
-    return races, runners, horses
 
 
 _CARD_RACES = """(
@@ -755,7 +765,11 @@ def _with_query(steps: Sequence[Step]) -> str:
 
 
 def features_for_card(
-    conn: duckdb.DuckDBPyConnection, card: Mapping[str, Any], as_of: date | datetime | str | None = None
+    conn: duckdb.DuckDBPyConnection,
+    card: Mapping[str, Any],
+    as_of: date | datetime | str | None = None,
+    *,
+    compiled: bool = True,
 ) -> pd.DataFrame:
     """Features of one new race card: the bulk build's statements on the stored state plus the card's rows.
 
@@ -769,12 +783,27 @@ def features_for_card(
     build is, for the card's rows, an aggregate over stored rows (the card's horses' runs, its keys' totals):
     one query with the bulk build's expressions, its windows as those aggregates, gives the card exactly the
     features the bulk build gives that race.
+
+    By default the same expressions run compiled to numpy on the stored state held in memory
+    (``card_engine``, ~100x less fixed cost than DuckDB's per expression); cards it does not handle, and every
+    card with ``compiled=False`` (the reference it is tested against), take the SQL statements.
     """
     started = time.perf_counter()
-    races, runners, horses = _card_frames(card)
-    race_date = races["date"].iloc[0]
+    race, runner_rows, horse_rows = _card_records(card)
+    race_date = race["date"]
     cutoff = pd.Timestamp(as_of).date() if as_of is not None else race_date
     cutoff = min(cutoff, race_date)
+    out = (
+        card_engine.card_features(conn, race, runner_rows, horse_rows, cutoff, _card_state_hooks())
+        if compiled
+        else None
+    )
+    if out is not None:
+        logger.debug(
+            "Race card %s: %d runners in %.1f ms", race["race_id"], len(out), (time.perf_counter() - started) * 1000
+        )
+        return out
+    races, runners, horses = _card_frames(race, runner_rows, horse_rows)
     refresh_card_state(conn)
     last_seq, before = _history_before(conn, races.iloc[0], cutoff)
     tag = uuid.uuid4().hex[:8]
@@ -802,6 +831,10 @@ def features_for_card(
         (time.perf_counter() - started) * 1000,
     )
     return out
+
+
+def _card_state_hooks() -> card_engine.StateHooks:
+    return card_engine.StateHooks(fingerprint=_warehouse_fingerprint, refresh=refresh_card_state)
 
 
 def _sql_str(value: object) -> str:
