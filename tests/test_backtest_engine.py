@@ -119,18 +119,51 @@ def test_model_and_market_both_carry_signal_on_the_test_races(result: BacktestRe
     assert m["n_bets"] > 0 and np.isfinite(m["roi_kelly_win"])
 
 
-def test_the_bankroll_walk_matches_the_ledger(result: BacktestResult) -> None:
-    pred = result.predictions
-    for kind in ("win", "place"):
-        for src in ("fundamental", "combined"):
-            profit = (pred[f"return_{kind}_{src}"] - pred[f"stake_{kind}_{src}"]).sum()
-            final = result.bankroll[f"bankroll_{kind}_{src}"].iloc[-1]
-            assert final == pytest.approx(1.0 + profit, rel=1e-9)
+def test_each_source_bets_win_and_place_from_the_one_bankroll_it_reports(result: BacktestResult) -> None:
+    pred = result.predictions  # in start order, as the bankroll walks
     kelly = KellyStaking()
-    stakes = pred["stake_win_combined"] / pred["stake_win_combined"].where(pred["stake_win_combined"] > 0).max()
-    assert (stakes <= 1).all()
-    assert pred.groupby("race_id")["stake_win_combined"].count().min() >= 1
-    assert kelly.max_stake == 0.10
+    for src, col in (("fundamental", "win_prob"), ("combined", "combined_prob")):
+        curve = result.bankroll.set_index("race_id")[f"bankroll_{src}"]
+        profit = (
+            pred[f"return_win_{src}"]
+            - pred[f"stake_win_{src}"]
+            + pred[f"return_place_{src}"]
+            - pred[f"stake_place_{src}"]
+        )
+        assert curve.iloc[-1] == pytest.approx(1.0 + profit.sum(), rel=1e-9)
+        assert result.metrics[f"final_bankroll_{src}"] == pytest.approx(curve.iloc[-1], rel=1e-12)
+        # race by race: the reported bankroll moves by exactly the race's win and place profit ...
+        by_race = profit.groupby(pred["race_id"], sort=False).sum().reindex(curve.index)
+        before = pd.Series(np.r_[1.0, curve.to_numpy()[:-1]], index=curve.index)
+        np.testing.assert_allclose(curve.to_numpy(), (before + by_race).to_numpy(), rtol=1e-9)
+        # ... and every stake, win or place, is its Kelly fraction of that bankroll before the race
+        checked = {"win": 0, "place": 0}
+        for race_id, race in pred.groupby("race_id", sort=False):
+            p = race[col].to_numpy(dtype=float)
+            if race[f"stake_win_{src}"].gt(0).any():
+                f = kelly.win_fractions(np.where(np.isfinite(p), p, 0.0), race["win_odds"].to_numpy())
+                np.testing.assert_allclose(race[f"stake_win_{src}"], f * before[race_id], rtol=1e-9)
+                checked["win"] += 1
+            if race[f"stake_place_{src}"].gt(0).any():
+                f = kelly.place_fractions(race["place_prob"].to_numpy(), race["place_odds"].to_numpy())
+                np.testing.assert_allclose(race[f"stake_place_{src}"], f * before[race_id], rtol=1e-9)
+                checked["place"] += 1
+        assert checked["win"] > 0 and checked["place"] > 0, (src, checked)
+
+
+def test_the_headline_roi_is_the_whole_betting_run_with_its_interval(result: BacktestResult) -> None:
+    pred, m = result.predictions, result.metrics
+    rows = {r["row"]: r for r in result.headline}
+    for src, row in (("fundamental", "model (fundamental)"), ("combined", "combined (model + market)")):
+        stakes = pred[f"stake_win_{src}"] + pred[f"stake_place_{src}"]
+        returns = pred[f"return_win_{src}"] + pred[f"return_place_{src}"]
+        roi = (returns.sum() - stakes.sum()) / stakes.sum()
+        assert m[f"roi_kelly_{src}"] == pytest.approx(roi, rel=1e-9)
+        assert rows[row]["roi_kelly"] == m[f"roi_kelly_{src}"]
+        lo, hi = rows[row]["roi_ci"]
+        assert lo < roi < hi
+        assert rows[row]["n_bets"] == int((pred[f"stake_win_{src}"] > 0).sum() + (pred[f"stake_place_{src}"] > 0).sum())
+    assert m["roi_kelly"] == m["roi_kelly_combined"] and m["roi_kelly_ci_low"] == m["roi_kelly_combined_ci_low"]
 
 
 class SpyPipeline(ConditionalLogitPipeline):
@@ -208,6 +241,7 @@ def test_the_run_is_stored_in_the_warehouse(result: BacktestResult, tmp_path) ->
 def test_fundamental_betting_uses_the_model_alone(history: pd.DataFrame) -> None:
     res = backtest(history, split=splitter("2000-08-31"), betting=BettingConfig(probabilities="fundamental"))
     assert res.metrics["roi_kelly_win"] == res.metrics["roi_kelly_win_fundamental"]
+    assert res.metrics["roi_kelly"] == res.metrics["roi_kelly_fundamental"]
     assert res.metrics["n_bets"] == res.metrics["n_bets_win_fundamental"] + res.metrics["n_bets_place_fundamental"]
 
 
@@ -223,6 +257,52 @@ def test_an_estimator_cutting_other_slices_than_the_splitter_is_refused(history:
     )
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         run_backtest(history, ConditionalLogitPipeline(validation_fraction=0.2), splitter(), feature_columns=FEATURES)
+
+
+def test_an_estimator_without_slice_caps_takes_the_splitters(history: pd.DataFrame) -> None:
+    # 15% of a 120-day window is ~18 days; caps of 9 days bind, and each fold checks the estimator's cuts
+    split = WalkForwardSplit(
+        "2000-06-01", "2000-08-31", train_window_days=120, validation_max_days=9, calibration_max_days=9
+    )
+    estimator = ConditionalLogitPipeline()
+    res = run_backtest(history, estimator, split, feature_columns=FEATURES, n_bootstrap=0)
+    assert estimator.calibration_max_days is None  # the caller's estimator is left as it was
+    for fold in res.folds:
+        assert (fold.train_end - fold.calibration_start).days < 9
+        assert (fold.calibration_start - fold.validation_start).days <= 9
+    message = (
+        "The 'calibration_max_days' parameter of WalkForwardSplit must equal the estimator's (30) so that the "
+        "fold's slices are the estimator's. Got 9 instead."
+    )
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        run_backtest(history, ConditionalLogitPipeline(calibration_max_days=30), split, feature_columns=FEATURES)
+
+
+def _strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"invalid JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_and_the_benchmark_summary_are_strict_json(result: BacktestResult, tmp_path) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    paths = write_outputs(result, tmp_path / "bt")
+    doc = _strict_json(paths["metrics"].read_text())
+    assert isinstance(doc, dict) and doc["n_races"] == result.metrics["n_races"]
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_backtest.py"
+    spec = importlib.util.spec_from_file_location("bench_backtest", bench)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    summary = {"runs": {"goal": {k: result.metrics.get(k) for k in module.HEADLINE}}}
+    summary["runs"]["goal"].update(roi_no_bets=float("nan"), ci=np.float64("nan"), x=np.inf)
+    module.write_summary(tmp_path / "summary.json", summary)
+    back = _strict_json((tmp_path / "summary.json").read_text())
+    assert back["runs"]["goal"]["roi_no_bets"] is None and back["runs"]["goal"]["ci"] is None
+    assert back["runs"]["goal"]["x"] is None
+    assert back["runs"]["goal"]["n_races"] == result.metrics["n_races"]
 
 
 def test_invalid_betting_choice_is_refused() -> None:

@@ -64,6 +64,53 @@ def test_the_slices_are_those_the_models_pipeline_cuts() -> None:
         assert (fit_end.date(), val_end.date()) == (fold.fit_end, fold.validation_end)
 
 
+def test_capped_slices_keep_a_fixed_length_just_before_the_test_window() -> None:
+    # 122 race days before 2001-01-01: shares alone would give each slice 15% (~18 days, 51 calendar days)
+    fold = WalkForwardSplit(
+        "2001-01-01", "2001-01-31", expanding=True, validation_max_days=30, calibration_max_days=30
+    ).split(RACE_DATES)[0]
+    assert (fold.train_start, fold.train_end) == (D("2000-01-01"), D("2000-12-29"))
+    # calibration: race days after 2000-12-29 - 30 days = 2000-11-29
+    assert (fold.calibration_start, fold.calibration_end) == (D("2000-12-02"), D("2000-12-29"))
+    # validation: race days in the 30 days before the calibration slice, from 2000-11-02
+    assert (fold.validation_start, fold.validation_end) == (D("2000-11-02"), D("2000-11-29"))
+    assert fold.fit_end == D("2000-10-30")  # the boosters get the rest
+
+
+def test_long_expanding_windows_keep_one_year_slices_by_default() -> None:
+    dates = [d for d in pd.date_range("1997-01-01", "2005-12-31", freq="4D") for _ in range(9)]
+    folds = WalkForwardSplit("2001-01-01", "2005-12-31", expanding=True, retrain_every_days=180).split(dates)
+    for f in folds:
+        assert (f.train_end - f.calibration_start).days < 365
+        assert (f.calibration_start - f.validation_start).days <= 365
+        assert (f.validation_start - f.fit_end).days == 4  # adjacent race days
+    last = folds[-1]
+    assert (last.train_end - last.fit_end).days > 700 and (last.train_end - last.fit_end).days < 735
+    # uncapped: a share of the whole history, years long
+    uncapped = WalkForwardSplit(
+        "2001-01-01",
+        "2005-12-31",
+        expanding=True,
+        retrain_every_days=180,
+        validation_max_days=None,
+        calibration_max_days=None,
+    ).split(dates)[-1]
+    assert (uncapped.train_end - uncapped.fit_end).days > 2 * 365 + 200
+
+
+def test_capped_slices_are_those_the_models_pipeline_cuts() -> None:
+    frame = pd.DataFrame({"date": RACE_DATES, "race_id": range(len(RACE_DATES))})
+    frame = pd.concat([frame, frame[frame["date"].dt.day % 5 == 0].assign(race_id=lambda f: f["race_id"] + 10**6)])
+    folds = WalkForwardSplit(
+        "2000-07-01", "2001-06-30", expanding=True, validation_max_days=40, calibration_max_days=25
+    ).split(frame)
+    assert len(folds) == 13
+    for fold in folds:
+        train = frame[fold.train_mask(frame["date"])]
+        fit_end, val_end = time_slices(train["date"], train["race_id"], 0.15, 0.15, 40, 25)
+        assert (fit_end.date(), val_end.date()) == (fold.fit_end, fold.validation_end)
+
+
 def test_every_test_race_day_is_in_exactly_one_fold_and_after_its_training() -> None:
     folds = WalkForwardSplit("2000-07-01", "2001-06-30", test_window_days=30, retrain_every_days=14).split(RACE_DATES)
     days = sorted({d.date() for d in RACE_DATES if D("2000-07-01") <= d.date() <= D("2001-06-30")})
@@ -117,6 +164,10 @@ def test_a_fold_without_enough_history_is_skipped() -> None:
         (
             {"validation_fraction": 0.6},
             "The 'validation_fraction' parameter of WalkForwardSplit must be a float in (0, 0.5). Got 0.6 instead.",
+        ),
+        (
+            {"calibration_max_days": 0},
+            "The 'calibration_max_days' parameter of WalkForwardSplit must be a positive int or None. Got 0 instead.",
         ),
         ({"expanding": "yes"}, "The 'expanding' parameter of WalkForwardSplit must be a bool. Got 'yes' instead."),
         ({"end": "1999-01-01"}, "The 'end' parameter of WalkForwardSplit must not be before 'start' (2000-07-01)."),

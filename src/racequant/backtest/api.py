@@ -106,7 +106,7 @@ def headline_text(metrics: dict[str, Any]) -> str:
         ci = f"[{_cell(lo, 3)}, {_cell(hi, 3)}]" if lo is not None else "-"
         lines.append(
             f"{r['row']:28}{_cell(r['races']):>7}{_cell(r['pseudo_r2']):>11}{_cell(r['winner_logloss'], 3):>9}"
-            f"{_cell(r['ece']):>8}{_cell(r['top_pick'], 3):>10}{_cell(r['roi_kelly_win'], 3):>8}  {ci}"
+            f"{_cell(r['ece']):>8}{_cell(r['top_pick'], 3):>10}{_cell(r['roi_kelly'], 3):>8}  {ci}"
         )
     lines.append(
         f"gain of combined over market: {_cell(metrics.get('delta_r2'))} "
@@ -114,8 +114,10 @@ def headline_text(metrics: dict[str, Any]) -> str:
         f"over the recalibrated market: {_cell(metrics.get('delta_r2_vs_recal_market'))}"
     )
     lines.append(
-        f"Kelly ROI ({metrics.get('betting_probabilities')}): win {_cell(metrics.get('roi_kelly_win'), 3)} "
-        f"[{_cell(metrics.get('roi_ci_low'), 3)}, {_cell(metrics.get('roi_ci_high'), 3)}], place "
-        f"{_cell(metrics.get('roi_kelly_place'), 3)}; {metrics.get('n_bets')} bets"
+        f"Kelly ROI ({metrics.get('betting_probabilities')}, win and place bets, one bankroll): "
+        f"{_cell(metrics.get('roi_kelly'), 3)} [{_cell(metrics.get('roi_kelly_ci_low'), 3)}, "
+        f"{_cell(metrics.get('roi_kelly_ci_high'), 3)}] on {metrics.get('n_bets')} bets; win "
+        f"{_cell(metrics.get('roi_kelly_win'), 3)} [{_cell(metrics.get('roi_ci_low'), 3)}, "
+        f"{_cell(metrics.get('roi_ci_high'), 3)}], place {_cell(metrics.get('roi_kelly_place'), 3)}"
     )
     return "\n".join(lines)

@@ -160,7 +160,7 @@ def default_feature_columns(frame: pd.DataFrame) -> list[str]:
 
 def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature_columns: Sequence[str]) -> dict:
     """Fit a fresh estimator on the fold's training window and predict its test window (one task)."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     visible = [c for c in frame.columns if not is_market_column(c)]  # the market never reaches the model
     train = frame.loc[fold.train_mask(frame["date"]), visible]
     test = frame.loc[fold.test_mask(frame["date"]), visible]
@@ -179,7 +179,7 @@ def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature
                 f"Fold {fold.index}: the estimator cut its training window at {got} (fit end, validation end), "
                 f"the fold at {want}; give the splitter the estimator's validation and calibration fractions."
             )
-    fitted = time.perf_counter()
+    fitted, cpu_fitted = time.perf_counter(), time.process_time()
     if "explain" in inspect.signature(estimator.predict).parameters:
         pred = estimator.predict(test, explain=False)  # per-runner feature attributions are not scored here
     else:
@@ -199,6 +199,9 @@ def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature
         "n_test_races": int(test["race_id"].nunique()),
         "fit_seconds": round(fitted - started, 3),
         "predict_seconds": round(time.perf_counter() - fitted, 3),
+        # CPU of the process running the fold (all its threads): with one thread per booster, the fold's cost
+        "fit_cpu_seconds": round(cpu_fitted - cpu_started, 3),
+        "predict_cpu_seconds": round(time.process_time() - cpu_fitted, 3),
     }
     if isinstance(window, dict):
         info["training_window"] = {k: v for k, v in window.items() if isinstance(v, str | int | float)}
@@ -330,7 +333,14 @@ def _start_order(pred: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Kelly stakes and returns per runner for both probability sources; the bankroll walk per race."""
+    """Kelly stakes and returns per runner for both probability sources; the bankroll walk per race.
+
+    Each source is one betting run with one bankroll: before each race, in start order, its win stakes and its
+    place stakes are both sized as fractions of the bankroll as it stands then, and the race's win and place
+    profits both move it. ``bankroll_{source}`` is that bankroll after each race, so it ends at the initial
+    bankroll plus every win and place profit of the source, and every stake is its fraction of the bankroll
+    the curve shows before the race.
+    """
     pred = _start_order(pred).reset_index(drop=True)
     race = pred["race_id"].to_numpy()
     pos = pred["finish_position"].to_numpy(dtype=float)
@@ -346,36 +356,35 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
     # what one unit staked returns (stake included): independent of the stake, so settled once
     win_payout = settle_win(np.ones(len(pred)), win_odds, pos, race, status)
     place_payout = settle_place(np.ones(len(pred)), place_odds, pos, race, status)
+    p_place = pred["place_prob"].to_numpy(dtype=float)
     curves: dict[str, np.ndarray] = {}
     for src, col in (("fundamental", "win_prob"), ("combined", "combined_prob")):
         p_win = pred[col].to_numpy(dtype=float)
-        p_place = pred["place_prob"].to_numpy(dtype=float)
-        for kind in ("win", "place"):
-            stake = np.zeros(len(pred))
-            payout = win_payout if kind == "win" else place_payout
-            bank = betting.initial_bankroll
-            curve = np.empty(n_races)
-            for r in range(n_races):
-                lo, hi = bounds[r], bounds[r + 1]
-                sl = slice(lo, hi)
-                active = np.isfinite(p_win[sl])  # combined only where the second stage applied
-                if not active.any() or not market_ok[lo]:
-                    curve[r] = bank
-                    continue
-                if kind == "win":
-                    f = staking.win_fractions(np.where(active, p_win[sl], 0.0), win_odds[sl])
-                elif betting.place_bets and active.all() and hi - lo >= 4:
-                    f = staking.place_fractions(p_place[sl], place_odds[sl])
-                else:
-                    f = np.zeros(hi - lo)
-                if f.any():
-                    s = f * bank
-                    stake[sl] = s
-                    bank += float(s @ payout[sl] - s.sum())
+        stake_win, stake_place = np.zeros(len(pred)), np.zeros(len(pred))
+        bank = betting.initial_bankroll
+        curve = np.empty(n_races)
+        for r in range(n_races):
+            lo, hi = bounds[r], bounds[r + 1]
+            sl = slice(lo, hi)
+            active = np.isfinite(p_win[sl])  # combined only where the second stage applied
+            if not active.any() or not market_ok[lo]:
                 curve[r] = bank
-            pred[f"stake_{kind}_{src}"] = stake
-            pred[f"return_{kind}_{src}"] = stake * payout
-            curves[f"bankroll_{kind}_{src}"] = curve
+                continue
+            f_win = staking.win_fractions(np.where(active, p_win[sl], 0.0), win_odds[sl])
+            if betting.place_bets and active.all() and hi - lo >= 4:
+                f_place = staking.place_fractions(p_place[sl], place_odds[sl])
+            else:
+                f_place = np.zeros(hi - lo)
+            if f_win.any() or f_place.any():
+                s_win, s_place = f_win * bank, f_place * bank  # both on the bankroll before the race
+                stake_win[sl], stake_place[sl] = s_win, s_place
+                bank += float(s_win @ win_payout[sl] - s_win.sum() + s_place @ place_payout[sl] - s_place.sum())
+            curve[r] = bank
+        pred[f"stake_win_{src}"] = stake_win
+        pred[f"return_win_{src}"] = stake_win * win_payout
+        pred[f"stake_place_{src}"] = stake_place
+        pred[f"return_place_{src}"] = stake_place * place_payout
+        curves[f"bankroll_{src}"] = curve
     # flat references: one unit on the model's top pick and on the market favourite, every race
     for name, score in (
         ("top_pick", pred["win_prob"].to_numpy(dtype=float)),
@@ -423,6 +432,9 @@ def evaluate_fold_predictions(
 
     source = betting.probabilities
     metrics: dict[str, Any] = BM.all_metrics(pred, source=source, n_boot=n_bootstrap, seed=random_state)
+    for src in ("fundamental", "combined"):
+        curve = bankroll[f"bankroll_{src}"].to_numpy()
+        metrics[f"final_bankroll_{src}"] = float(curve[-1]) if len(curve) else betting.initial_bankroll
     metrics["n_races_incomplete_market"] = int(pred.loc[~pred["market_ok"], "race_id"].nunique())
     fitted = [c for c in coefs if c["a"] is not None]
     metrics["second_stage"] = {
@@ -443,7 +455,10 @@ def evaluate_fold_predictions(
     return pred, bankroll, metrics
 
 
-def _check_fractions(estimator: Any, splitter: WalkForwardSplit) -> None:
+def _check_fractions(estimator: Any, splitter: WalkForwardSplit) -> Any:
+    """The estimator whose slices are the splitter's: fractions must be equal; an estimator with slice caps
+    (``validation_max_days``, ``calibration_max_days``) left at None gets the splitter's (a copy), other values
+    must be equal. Returns the estimator to clone per fold."""
     for name in ("validation_fraction", "calibration_fraction"):
         mine = getattr(estimator, name, None)
         if mine is not None and mine != getattr(splitter, name):
@@ -451,6 +466,23 @@ def _check_fractions(estimator: Any, splitter: WalkForwardSplit) -> None:
                 f"The '{name}' parameter of WalkForwardSplit must equal the estimator's ({mine!r}) so that the "
                 f"fold's slices are the estimator's. Got {getattr(splitter, name)!r} instead."
             )
+    adopt = {}
+    for name in ("validation_max_days", "calibration_max_days"):
+        if not hasattr(estimator, name):
+            continue
+        mine, theirs = getattr(estimator, name), getattr(splitter, name)
+        if mine is None and theirs is not None:
+            adopt[name] = theirs
+        elif mine != theirs:
+            raise ConfigurationError(
+                f"The '{name}' parameter of WalkForwardSplit must equal the estimator's ({mine!r}) so that the "
+                f"fold's slices are the estimator's. Got {theirs!r} instead."
+            )
+    if adopt:
+        estimator = fresh_estimator(estimator)
+        for name, value in adopt.items():
+            setattr(estimator, name, value)
+    return estimator
 
 
 def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
@@ -486,8 +518,9 @@ def run_backtest(
     betting = betting or BettingConfig()
     if workers is not None and scheduler is not None:
         raise ConfigurationError("Give run_backtest either 'workers' or 'scheduler', not both.")
-    if hasattr(pipeline_factory_or_estimator, "fit"):
-        _check_fractions(pipeline_factory_or_estimator, splitter)
+    estimator = pipeline_factory_or_estimator
+    if hasattr(estimator, "fit"):
+        estimator = _check_fractions(estimator, splitter)
     frame = _prepare(frame)
     columns = list(feature_columns) if feature_columns is not None else default_feature_columns(frame)
     leaked = [c for c in columns if is_market_column(c)]
@@ -503,7 +536,7 @@ def run_backtest(
     logger.info(
         "backtest: %d folds, %s to %s, %d features", len(folds), folds[0].test_start, folds[-1].test_end, len(columns)
     )
-    outputs = _map_folds(frame, pipeline_factory_or_estimator, folds, columns, workers, scheduler, progress)
+    outputs = _map_folds(frame, estimator, folds, columns, workers, scheduler, progress)
 
     fold_info = [o["info"] for o in outputs]
     pred, bankroll, metrics = evaluate_fold_predictions(
@@ -545,7 +578,9 @@ def run_backtest(
 
 
 def headline_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The headline table: model, market, market recalibrated and combined side by side."""
+    """The headline table: model, market, market recalibrated and combined side by side. ``roi_kelly`` is the
+    ROI of the row's whole Kelly betting run (win and place bets, one bankroll) with its race-level bootstrap
+    95% interval; the market row's is one unit on the favourite every race (flat)."""
     g = metrics.get
     return [
         {
@@ -555,8 +590,10 @@ def headline_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "winner_logloss": g("winner_logloss_per_race"),
             "ece": g("ece"),
             "top_pick": g("top_pick_strike_rate"),
+            "roi_kelly": g("roi_kelly_fundamental"),
+            "roi_ci": (g("roi_kelly_fundamental_ci_low"), g("roi_kelly_fundamental_ci_high")),
+            "n_bets": g("n_bets_fundamental"),
             "roi_kelly_win": g("roi_kelly_win_fundamental"),
-            "roi_ci": (g("roi_kelly_win_fundamental_ci_low"), g("roi_kelly_win_fundamental_ci_high")),
         },
         {
             "row": "market (odds)",
@@ -565,8 +602,10 @@ def headline_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "winner_logloss": g("market_winner_logloss_per_race"),
             "ece": g("market_ece"),
             "top_pick": g("favourite_strike_rate"),
-            "roi_kelly_win": g("roi_flat_favourite"),
+            "roi_kelly": g("roi_flat_favourite"),
             "roi_ci": (g("roi_flat_favourite_ci_low"), g("roi_flat_favourite_ci_high")),
+            "n_bets": g("n_races_market"),
+            "roi_kelly_win": g("roi_flat_favourite"),
         },
         {
             "row": "market recalibrated",
@@ -575,8 +614,10 @@ def headline_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "winner_logloss": None,
             "ece": None,
             "top_pick": None,
-            "roi_kelly_win": None,
+            "roi_kelly": None,
             "roi_ci": (None, None),
+            "n_bets": None,
+            "roi_kelly_win": None,
         },
         {
             "row": "combined (model + market)",
@@ -585,7 +626,9 @@ def headline_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "winner_logloss": g("combined_winner_logloss_per_race"),
             "ece": g("combined_ece"),
             "top_pick": g("combined_top_pick_strike_rate"),
+            "roi_kelly": g("roi_kelly_combined"),
+            "roi_ci": (g("roi_kelly_combined_ci_low"), g("roi_kelly_combined_ci_high")),
+            "n_bets": g("n_bets_combined"),
             "roi_kelly_win": g("roi_kelly_win_combined"),
-            "roi_ci": (g("roi_kelly_win_combined_ci_low"), g("roi_kelly_win_combined_ci_high")),
         },
     ]

@@ -229,7 +229,11 @@ def _roi(frame: pd.DataFrame, stake: str, ret: str) -> tuple[float, float]:
 
 
 def betting_metrics(frame: pd.DataFrame, source: str, n_boot: int, seed: int) -> dict[str, float]:
-    """Kelly ROI (the chosen probabilities: ``source``), flat references, their intervals and bet counts."""
+    """Kelly ROI (the chosen probabilities: ``source``), flat references, their intervals and bet counts.
+
+    ``roi_kelly`` (and ``roi_kelly_{source}`` per source) is the ROI of the whole betting run: every win and
+    place bet of the source, profit over stakes, with its race-level bootstrap interval; ``roi_kelly_win`` and
+    ``roi_kelly_place`` split it by bet type (same bankroll path)."""
     race = frame["race_id"].to_numpy()
     out: dict[str, float] = {"betting_probabilities": source}  # type: ignore[dict-item]
     for src in ("fundamental", "combined"):
@@ -245,6 +249,19 @@ def betting_metrics(frame: pd.DataFrame, source: str, n_boot: int, seed: int) ->
             out[f"roi_kelly_{kind}_{src}_ci_high"] = hi
             out[f"n_bets_{kind}_{src}"] = int((frame[stake] > 0).sum())
             out[f"turnover_{kind}_{src}"] = float(frame[stake].sum())
+        # the whole betting run of the source: its win and place bets, one bankroll
+        parts = [k for k in ("win", "place") if f"stake_{k}_{src}" in frame.columns]
+        if parts:
+            stakes = sum(frame[f"stake_{k}_{src}"].to_numpy(dtype=float) for k in parts)
+            returns = sum(frame[f"return_{k}_{src}"].to_numpy(dtype=float) for k in parts)
+            roi, lo, hi = bootstrap_roi(race, stakes, returns, n_boot, seed)  # type: ignore[arg-type]
+            out[f"roi_kelly_{src}"], out[f"roi_kelly_{src}_ci_low"], out[f"roi_kelly_{src}_ci_high"] = roi, lo, hi
+            out[f"n_bets_{src}"] = sum(int(out[f"n_bets_{k}_{src}"]) for k in parts)
+            out[f"turnover_{src}"] = float(np.sum(stakes))
+            out[f"profit_{src}"] = float(np.sum(returns) - np.sum(stakes))
+    out["roi_kelly"] = out.get(f"roi_kelly_{source}", _nan())
+    out["roi_kelly_ci_low"] = out.get(f"roi_kelly_{source}_ci_low", _nan())
+    out["roi_kelly_ci_high"] = out.get(f"roi_kelly_{source}_ci_high", _nan())
     for kind in ("win", "place"):
         out[f"roi_kelly_{kind}"] = out.get(f"roi_kelly_{kind}_{source}", _nan())
     out["roi_ci_low"] = out.get(f"roi_kelly_win_{source}_ci_low", _nan())

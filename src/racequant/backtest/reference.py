@@ -52,12 +52,16 @@ class ConditionalLogitPipeline:
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.15,
         interval_confidence: float = 0.9,
+        validation_max_days: int | None = None,
+        calibration_max_days: int | None = None,
         race_col: str = "race_id",
         date_col: str = "date",
         position_col: str = "finish_position",
     ) -> None:
         self.l2 = l2
         self.validation_fraction = validation_fraction
+        self.validation_max_days = validation_max_days
+        self.calibration_max_days = calibration_max_days
         self.calibration_fraction = calibration_fraction
         self.interval_confidence = interval_confidence
         self.race_col = race_col
@@ -70,6 +74,8 @@ class ConditionalLogitPipeline:
             "validation_fraction": self.validation_fraction,
             "calibration_fraction": self.calibration_fraction,
             "interval_confidence": self.interval_confidence,
+            "validation_max_days": self.validation_max_days,
+            "calibration_max_days": self.calibration_max_days,
             "race_col": self.race_col,
             "date_col": self.date_col,
             "position_col": self.position_col,
@@ -89,7 +95,12 @@ class ConditionalLogitPipeline:
         frame = frame.sort_values([self.date_col, self.race_col], kind="stable").reset_index(drop=True)
         dates = pd.to_datetime(frame[self.date_col])
         train_end, val_end = time_slices(
-            dates, frame[self.race_col], self.validation_fraction, self.calibration_fraction
+            dates,
+            frame[self.race_col],
+            self.validation_fraction,
+            self.calibration_fraction,
+            self.validation_max_days,
+            self.calibration_max_days,
         )
         tr, va, ca = dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
         self.feature_columns_ = [str(c) for c in feature_columns]

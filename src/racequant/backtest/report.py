@@ -25,12 +25,12 @@ from racequant.backtest.engine import BacktestResult, headline_rows
 logger = logging.getLogger(__name__)
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: NaN/inf -> None, numpy scalars -> Python, dates -> ISO strings."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -42,7 +42,7 @@ def _clean(value: Any) -> Any:
 
 def metrics_document(result: BacktestResult) -> dict[str, Any]:
     """What metrics.json holds: the headline keys at the top level, then breakdowns, folds and parameters."""
-    return _clean({"run_id": result.run_id, **result.metrics, "params": result.params})
+    return json_safe({"run_id": result.run_id, **result.metrics, "params": result.params})
 
 
 def write_outputs(result: BacktestResult, out_dir: Path | str) -> dict[str, Path]:
@@ -81,7 +81,7 @@ def store_result(conn: Any, result: BacktestResult) -> str:
     return save_backtest_run(
         conn,
         run_id=result.run_id,
-        params=_clean(result.params),
+        params=json_safe(result.params),
         metrics=doc,
         folds=result.fold_info,
         predictions=pred,
@@ -216,12 +216,13 @@ def headline_table_html(metrics: dict[str, Any]) -> str:
             _fmt(r["winner_logloss"]),
             _fmt(r["ece"]),
             _fmt(r["top_pick"], 3),
-            _fmt(r["roi_kelly_win"], 3),
+            _fmt(r["roi_kelly"], 3),
             _ci(*r["roi_ci"]),
+            _fmt(r["n_bets"]),
         ]
         for r in headline_rows(metrics)
     ]
-    header = ["", "races", "pseudo-R2", "winner log loss", "ECE", "top pick wins", "ROI", "ROI 95% CI"]
+    header = ["", "races", "pseudo-R2", "winner log loss", "ECE", "top pick wins", "ROI", "ROI 95% CI", "bets"]
     return _table(header, rows)
 
 
@@ -309,9 +310,11 @@ def render_report(result: BacktestResult) -> str:
         f"b = {_fmt(stage.get('b_last'), 3)}. Kelly: fraction {p['betting']['staking']['fraction']}, minimum edge "
         f"{p['betting']['staking']['min_edge']}, at most {p['betting']['staking']['max_stake']} of the bankroll a "
         f"bet, stakes sized together per race; betting on {html.escape(p['betting']['probabilities'])} "
-        f"probabilities. Market row ROI: one unit on the favourite every race. "
-        f"Win bets {_fmt(m.get('n_bets_win_' + src))}, "
-        f"place bets {_fmt(m.get('n_bets_place_' + src))}; Kelly place ROI "
+        f"probabilities. ROI: the whole Kelly betting run of the row (win and place bets, one bankroll, ending at "
+        f"{_fmt(m.get('final_bankroll_' + src), 3)}); market row: one unit on the favourite every race. "
+        f"Win bets {_fmt(m.get('n_bets_win_' + src))}, Kelly win ROI {_fmt(m.get('roi_kelly_win'), 3)} "
+        f"{_ci(m.get('roi_ci_low'), m.get('roi_ci_high'))}; "
+        f"place bets {_fmt(m.get('n_bets_place_' + src))}, Kelly place ROI "
         f"{_fmt(m.get('roi_kelly_place'), 3)} {place_ci}; "
         f"flat top-pick ROI {_fmt(m.get('roi_flat_top_pick'), 3)}; interval coverage (win) "
         f"{_fmt(m.get('interval_coverage_win'), 3)}.</p>",

@@ -5,8 +5,11 @@ race days in ``[t_k, t_k + test_window_days)``, cut short at ``t_{k+1}`` so that
 predicted once, by the freshest model, and at ``end`` (inclusive). Its training window holds the race
 days in ``[t_k - train_window_days, t_k)``, or every race day before ``t_k`` with ``expanding=True``.
 Inside the training window the last races are kept apart, by the rule the models pipeline applies
-(``racequant.models.pipeline.time_slices``: shares of races, whole days): a validation slice (early
-stopping, temperatures, blend weights) and after it a calibration slice (calibrators, intervals).
+(``racequant.models.pipeline.slice_positions``: shares of races, whole days, each slice capped in calendar
+days): a validation slice (early stopping, temperatures, blend weights) and after it a calibration slice
+(calibrators, intervals). The caps (365 days each by default) keep both slices just before the test window
+in long expanding windows; without them a share of eight years of history would end the boosters' training
+years before the races they predict.
 
 Every boundary is an actual race day of the data (first and last day, both inclusive), so a race day,
 and therefore a race, is never split, and a fold's dates depend only on race days up to its test end:
@@ -71,28 +74,32 @@ def _as_date(value: object, name: str) -> dt.date:
         ) from exc
 
 
-def _positive_int(name: str, value: object) -> int:
+def _positive_int(name: str, value: object, or_none: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ConfigurationError(
-            f"The '{name}' parameter of WalkForwardSplit must be a positive int. Got {value!r} instead."
-        )
+        what = "a positive int or None" if or_none else "a positive int"
+        raise ConfigurationError(f"The '{name}' parameter of WalkForwardSplit must be {what}. Got {value!r} instead.")
     return int(value)
 
 
 def _slice_cuts(
-    day_counts: pd.Series, validation_fraction: float, calibration_fraction: float
+    day_counts: pd.Series,
+    validation_fraction: float,
+    calibration_fraction: float,
+    validation_max_days: int | None,
+    calibration_max_days: int | None,
 ) -> tuple[int, int] | None:
-    """Positions (in the window's race days) of the last fit day and the last validation day.
+    """Positions (in the window's race days) of the last fit day and the last validation day: the rule of
+    ``racequant.models.pipeline.slice_positions``, which the pipeline applies to its training frame."""
+    from racequant.models.pipeline import slice_positions
 
-    The same rule as ``racequant.models.pipeline.time_slices``: the cumulative share of races per day,
-    cut where it first reaches 1 - v - c and 1 - c.
-    """
-    cum = (day_counts.cumsum() / day_counts.sum()).to_numpy()
-    fit_end = int(np.searchsorted(cum, 1 - validation_fraction - calibration_fraction))
-    val_end = int(np.searchsorted(cum, 1 - calibration_fraction))
-    if not (fit_end < val_end < len(cum) - 1):
-        return None
-    return fit_end, val_end
+    return slice_positions(
+        list(day_counts.index),
+        day_counts.to_numpy(),
+        validation_fraction,
+        calibration_fraction,
+        validation_max_days,
+        calibration_max_days,
+    )
 
 
 class WalkForwardSplit:
@@ -109,6 +116,8 @@ class WalkForwardSplit:
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.15,
         min_train_days: int = 30,
+        validation_max_days: int | None = 365,
+        calibration_max_days: int | None = 365,
     ) -> None:
         self.start = start
         self.end = end
@@ -119,6 +128,8 @@ class WalkForwardSplit:
         self.validation_fraction = validation_fraction
         self.calibration_fraction = calibration_fraction
         self.min_train_days = min_train_days
+        self.validation_max_days = validation_max_days
+        self.calibration_max_days = calibration_max_days
 
     def get_params(self) -> dict[str, object]:
         return {
@@ -131,11 +142,16 @@ class WalkForwardSplit:
             "validation_fraction": self.validation_fraction,
             "calibration_fraction": self.calibration_fraction,
             "min_train_days": self.min_train_days,
+            "validation_max_days": self.validation_max_days,
+            "calibration_max_days": self.calibration_max_days,
         }
 
     def _validate(self) -> tuple[dt.date, dt.date]:
         for name in ("train_window_days", "test_window_days", "retrain_every_days", "min_train_days"):
             _positive_int(name, getattr(self, name))
+        for name in ("validation_max_days", "calibration_max_days"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), or_none=True)
         for name in ("validation_fraction", "calibration_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
@@ -181,7 +197,13 @@ class WalkForwardSplit:
                     "fold at %s skipped: %d training race days (< %d)", fold_t, len(train_days), self.min_train_days
                 )
                 continue
-            cuts = _slice_cuts(counts[train_sel], self.validation_fraction, self.calibration_fraction)
+            cuts = _slice_cuts(
+                counts[train_sel],
+                self.validation_fraction,
+                self.calibration_fraction,
+                self.validation_max_days,
+                self.calibration_max_days,
+            )
             if cuts is None:
                 logger.info("fold at %s skipped: too few race days for validation and calibration slices", fold_t)
                 continue

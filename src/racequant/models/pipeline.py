@@ -86,21 +86,68 @@ def normalise_places(p: np.ndarray, race_ids: Sequence[object] | np.ndarray, cap
     return np.where(size[codes] <= target[codes], 1.0, p)
 
 
+def slice_positions(
+    days: Sequence[object] | np.ndarray,
+    races_per_day: Sequence[int] | np.ndarray,
+    validation_fraction: float,
+    calibration_fraction: float,
+    validation_max_days: int | None = None,
+    calibration_max_days: int | None = None,
+) -> tuple[int, int] | None:
+    """Positions (in the sorted race days) of the last train day and the last validation day, or None when the
+    days cannot hold three slices.
+
+    Each slice is its share of the races (the cumulative share per day, cut where it first reaches 1 - v - c and
+    1 - c), capped in calendar days when ``*_max_days`` is given: the calibration slice holds at most the race
+    days of the last ``calibration_max_days`` days, the validation slice at most those of the
+    ``validation_max_days`` days before the calibration slice; the train slice gets the rest. Without caps the
+    slices of a long expanding window grow with it (a fifth of eight years ends the boosters' training years
+    before the races predicted); with them the later slices keep a fixed length just before the window's end.
+    """
+    d = np.asarray(pd.to_datetime(pd.Series(list(days))).to_numpy(dtype="datetime64[D]"))
+    counts = np.asarray(races_per_day, dtype=float)
+    if len(d) < 3:
+        return None
+    cum = np.cumsum(counts) / counts.sum()
+    train_end = int(np.searchsorted(cum, 1 - validation_fraction - calibration_fraction))
+    val_end = int(np.searchsorted(cum, 1 - calibration_fraction))
+    if calibration_max_days is not None:
+        first_cal = int(np.searchsorted(d, d[-1] - np.timedelta64(calibration_max_days, "D"), side="right"))
+        val_end = max(val_end, first_cal - 1)
+    if validation_max_days is not None and val_end + 1 < len(d):
+        first_val = int(np.searchsorted(d, d[val_end + 1] - np.timedelta64(validation_max_days, "D"), side="left"))
+        train_end = max(train_end, first_val - 1)
+    if not (train_end < val_end < len(d) - 1):
+        return None
+    return train_end, val_end
+
+
 def time_slices(
-    dates: pd.Series, race_ids: pd.Series, validation_fraction: float, calibration_fraction: float
+    dates: pd.Series,
+    race_ids: pd.Series,
+    validation_fraction: float,
+    calibration_fraction: float,
+    validation_max_days: int | None = None,
+    calibration_max_days: int | None = None,
 ) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Cut dates (end of train, end of validation) splitting races by time; a day's races stay together."""
+    """Cut dates (end of train, end of validation) splitting races by time; a day's races stay together
+    (the rule of ``slice_positions``)."""
     races = pd.DataFrame({"race_id": race_ids, "date": pd.to_datetime(dates)}).drop_duplicates("race_id")
     per_day = races.groupby("date").size().sort_index()
-    cum = per_day.cumsum() / per_day.sum()
-    train_end = cum.index[np.searchsorted(cum.to_numpy(), 1 - validation_fraction - calibration_fraction)]
-    val_end = cum.index[np.searchsorted(cum.to_numpy(), 1 - calibration_fraction)]
-    if not (train_end < val_end < cum.index[-1]):
+    cuts = slice_positions(
+        per_day.index,
+        per_day.to_numpy(),
+        validation_fraction,
+        calibration_fraction,
+        validation_max_days,
+        calibration_max_days,
+    )
+    if cuts is None:
         raise ValueError(
             "The training frame is too short to give train, validation and calibration slices on separate days "
             f"({len(per_day)} race days)."
         )
-    return pd.Timestamp(train_end), pd.Timestamp(val_end)
+    return pd.Timestamp(per_day.index[cuts[0]]), pd.Timestamp(per_day.index[cuts[1]])
 
 
 class RacePipeline:
@@ -116,6 +163,8 @@ class RacePipeline:
         early_stopping_rounds: int = 100,
         validation_fraction: float = 0.15,
         calibration_fraction: float = 0.15,
+        validation_max_days: int | None = None,
+        calibration_max_days: int | None = None,
         calibration_group: str | None = "track",
         min_group_size: int = 2000,
         interval_confidence: float = 0.9,
@@ -140,6 +189,8 @@ class RacePipeline:
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_fraction = validation_fraction
         self.calibration_fraction = calibration_fraction
+        self.validation_max_days = validation_max_days
+        self.calibration_max_days = calibration_max_days
         self.calibration_group = calibration_group
         self.min_group_size = min_group_size
         self.interval_confidence = interval_confidence
@@ -163,6 +214,12 @@ class RacePipeline:
             if not 0 < value < 0.5:
                 raise ValueError(
                     f"The '{name}' parameter of RacePipeline must be a float in (0, 0.5). Got {value!r} instead."
+                )
+        for name in ("validation_max_days", "calibration_max_days"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1):
+                raise ValueError(
+                    f"The '{name}' parameter of RacePipeline must be a positive int or None. Got {value!r} instead."
                 )
         if self.place_method not in ("auto", "harville", "direct"):
             raise ValueError(
@@ -249,7 +306,12 @@ class RacePipeline:
         frame = frame.sort_values([self.date_col, self.race_col], kind="stable").reset_index(drop=True)
         dates = pd.to_datetime(frame[self.date_col])
         train_end, val_end = time_slices(
-            dates, frame[self.race_col], self.validation_fraction, self.calibration_fraction
+            dates,
+            frame[self.race_col],
+            self.validation_fraction,
+            self.calibration_fraction,
+            self.validation_max_days,
+            self.calibration_max_days,
         )
         tr, va, ca = dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
         self.feature_columns_ = feature_columns

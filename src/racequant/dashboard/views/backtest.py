@@ -45,7 +45,7 @@ def headline_frame(metrics: dict[str, Any]) -> pd.DataFrame:
                 "winner log loss": fmt(r["winner_logloss"]),
                 "ECE": fmt(r["ece"], 4),
                 "top pick": fmt(r["top_pick"]),
-                "ROI": fmt(r["roi_kelly_win"]),
+                "ROI": fmt(r["roi_kelly"]),
                 "ROI 95% CI": "-" if lo is None else f"[{fmt(lo)}, {fmt(hi)}]",
             }
         )
