@@ -82,6 +82,14 @@ def test_reading_a_missing_warehouse_names_the_path(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
+def test_warehouse_connections_print_no_progress_bar(tmp_path: Path) -> None:
+    # a long query would otherwise write DuckDB's progress bar to stdout, before the CLI's --json output
+    with connect(tmp_path / "w.duckdb") as conn:
+        assert conn.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+    with connect_read_only(tmp_path / "w.duckdb") as conn:
+        assert conn.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+
+
 def test_read_only_connection_cannot_write(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     with connect(db):

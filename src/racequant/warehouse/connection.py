@@ -20,6 +20,11 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> list[int]:
     return apply_migrations(conn, MIGRATIONS, table="schema_migrations", what="warehouse")
 
 
+def _quiet(conn: duckdb.DuckDBPyConnection) -> None:
+    # DuckDB prints a progress bar to stdout for queries over 2 s, which would corrupt the CLI's --json output
+    conn.execute("SET enable_progress_bar = false")
+
+
 @contextmanager
 def connect(db: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse for writing (creating and migrating it if needed)."""
@@ -31,6 +36,7 @@ def connect(db: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     except duckdb.Error as exc:
         raise WarehouseError(f"Cannot open the warehouse {path} for writing: {exc}") from exc
     try:
+        _quiet(conn)
         migrate(conn)
         yield conn
     finally:
@@ -50,6 +56,7 @@ def connect_read_only(db: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     except duckdb.Error as exc:
         raise WarehouseError(f"Cannot open the warehouse {path} read-only: {exc}") from exc
     try:
+        _quiet(conn)
         yield conn
     finally:
         conn.close()
