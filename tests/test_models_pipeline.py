@@ -61,6 +61,36 @@ def test_each_runner_gets_its_ten_largest_contributions(
     assert sizes == sorted(sizes, reverse=True)
 
 
+def test_a_race_card_on_the_one_thread_path_equals_the_batch_path_exactly(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, test = history
+    card = test[test["race_id"] == test["race_id"].iloc[0]].copy()
+    # a missing value, a missing category and one never seen in training take the same branches on both paths
+    card.loc[card.index[0], "f1"] = np.nan
+    card["going"] = card["going"].astype(object)
+    card.loc[card.index[1], "going"] = None
+    card.loc[card.index[2], "going"] = "HEAVY-UNSEEN"
+    fast = fitted.predict(card)
+    monkeypatch.setattr("racequant.models.boosters.SMALL_BATCH_ROWS", 0)
+    monkeypatch.setattr("racequant.models.pipeline.SMALL_BATCH_ROWS", 0)
+    batch = fitted.predict(card)
+    pd.testing.assert_frame_equal(fast, batch, check_exact=True)
+    assert fast["top_features"].tolist() == batch["top_features"].tolist()
+
+
+def test_prepared_features_are_refused_by_a_booster_with_other_columns(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    _, test = history
+    prepared = fitted.win_boosters_["lightgbm"].prepare(test[FEATURES].head(3))
+    other = GradientBooster("lightgbm", n_estimators=5).fit(
+        test[FEATURES[:3]], test["won"], test["race_id"], test[FEATURES[:3]], test["won"], test["race_id"]
+    )
+    with pytest.raises(ValueError, match="other columns or categories"):
+        other.decision_function(prepared)
+
+
 def test_the_slices_follow_time_and_validation_metrics_are_recorded(fitted: RacePipeline) -> None:
     w = fitted.training_window_
     assert w["start"] <= w["train_end"] < w["validation_end"] < w["end"]

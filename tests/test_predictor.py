@@ -85,6 +85,23 @@ def test_the_card_path_equals_the_bulk_pipeline_for_a_warehouse_race(
         assert r["catboost_win"] == pytest.approx(bulk.loc[r["horse_id"], "catboost_win"], abs=1e-12)
 
 
+def test_a_card_on_the_one_thread_path_gives_the_records_of_the_batch_path(
+    predictor: Predictor,
+    conn,  # type: ignore[no-untyped-def]
+    race_card: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def records() -> list[dict[str, Any]]:
+        out = predictor.predict_card(conn, race_card, with_features=True)
+        return [{k: v for k, v in r.items() if k != "prediction_timestamp"} for r in out]
+
+    fast = records()
+    monkeypatch.setattr("racequant.models.boosters.SMALL_BATCH_ROWS", 0)
+    monkeypatch.setattr("racequant.models.pipeline.SMALL_BATCH_ROWS", 0)
+    assert records() == fast
+    assert all(len(r["top_features"]) == 10 for r in fast)
+
+
 def test_a_race_inside_the_calibration_window_is_refused(
     predictor: Predictor,
     conn,  # type: ignore[no-untyped-def]

@@ -9,11 +9,19 @@ Each booster learns a per-runner score from the fundamental features (never the 
   QuerySoftMax; LightGBM and XGBoost through a custom objective). Win targets only.
 
 Early stopping uses a validation slice the caller takes from later races of the training window.
+
+Prediction has two paths with identical results. A frame of many runners (the backtest) goes through each
+library's pandas interface with ``n_jobs`` threads. A few runners (a race card) go through
+``prepare`` once, shared by every booster of a pipeline, and then each library's cheapest native call on one
+thread: LightGBM ``predict(num_threads=1)``, XGBoost ``inplace_predict`` and CatBoost ``predict(thread_count=1)``
+on arrays; on 14 rows a thread pool costs more than it saves, and the per-column pandas preparation cost more
+than all the trees.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,10 +32,46 @@ from racequant.calibration.lifecycle import method_order_error
 from racequant.models.race import race_codes, race_softmax
 
 logger = logging.getLogger(__name__)
+_COPY_LOCK = threading.Lock()
 
 LIBRARIES = ("catboost", "lightgbm", "xgboost")
 OBJECTIVES = ("binary", "rank", "softmax")
 _MISSING_CATEGORY = "__missing__"
+# At most this many rows are predicted on one thread from prepared arrays (a race card has up to 24 runners, a
+# micro-batch of cards a few hundred); larger frames use the pandas path with n_jobs threads.
+SMALL_BATCH_ROWS = 1024
+
+
+class PreparedFeatures:
+    """Runners' features in a booster's column order, converted once for the native prediction calls.
+
+    ``values`` is float64 (runners, features) with each categorical as its code among the categories seen in fit
+    (NaN when unseen), the form LightGBM and XGBoost read; ``labels`` (built on first use) is the object array
+    CatBoost reads, categoricals as text. Boosters trained on the same columns and categories share one.
+    """
+
+    __slots__ = ("_labels", "categorical", "key", "text", "values")
+
+    def __init__(
+        self, key: tuple[Any, ...], values: np.ndarray, categorical: list[int], text: list[np.ndarray]
+    ) -> None:
+        self.key = key
+        self.values = values
+        self.categorical = categorical
+        self.text = text
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            labels = self.values.astype(object)
+            for j, text in zip(self.categorical, self.text, strict=True):
+                labels[:, j] = text
+            self._labels = labels
+        return self._labels
 
 
 def _is_categorical(series: pd.Series) -> bool:
@@ -118,11 +162,69 @@ class GradientBooster:
                 values = X[col].astype("string").fillna(_MISSING_CATEGORY)
                 if self.library == "catboost":
                     out[col] = values.astype(object).to_numpy()
-                else:
-                    out[col] = pd.Categorical(values, categories=self.categories_[col])
+                else:  # a category unseen in fit becomes missing (as pandas did before deprecating it)
+                    seen = self.categories_[col]
+                    out[col] = pd.Categorical(values.where(values.isin(seen)), categories=seen)
             else:
                 out[col] = pd.to_numeric(X[col], errors="coerce").astype(float).to_numpy()
         return pd.DataFrame(out, index=X.index)
+
+    def prediction_key(self) -> tuple[Any, ...]:
+        """Columns and categories this booster reads: boosters with equal keys can share ``prepare``'s result."""
+        key = getattr(self, "_prediction_key", None)
+        if key is None:
+            cats = tuple((c, tuple(v)) for c, v in sorted(self.categories_.items()))
+            key = self._prediction_key = (tuple(self.feature_names_in_), cats)
+        return key
+
+    def prepare(self, X: pd.DataFrame) -> PreparedFeatures:
+        """The frame as arrays for the one-thread native calls (the same values ``_prepare`` gives)."""
+        self._check_fitted("prepare")
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise ValueError(f"X is missing {len(missing)} feature column(s) seen in fit: {missing[:10]}")
+        columns = self.feature_names_in_
+        values = np.empty((len(X), len(columns)), dtype=float)
+        numeric = [j for j, c in enumerate(columns) if c not in self.categories_]
+        block = X[[columns[j] for j in numeric]]
+        if all(pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in block.dtypes):
+            values[:, numeric] = block.to_numpy(dtype=float, na_value=np.nan)
+        else:
+            for j in numeric:
+                values[:, j] = pd.to_numeric(X[columns[j]], errors="coerce").astype(float).to_numpy()
+        categorical, text = [], []
+        for j, col in enumerate(columns):
+            if col in self.categories_:
+                labels = X[col].astype("string").fillna(_MISSING_CATEGORY).to_numpy(dtype=object)
+                code = {c: float(i) for i, c in enumerate(self.categories_[col])}
+                values[:, j] = [code.get(v, np.nan) for v in labels]
+                categorical.append(j)
+                text.append(labels)
+        return PreparedFeatures(self.prediction_key(), values, categorical, text)
+
+    def _prepared(self, X: pd.DataFrame | PreparedFeatures) -> PreparedFeatures | None:
+        """``X`` prepared for the one-thread path, or None when it is a large frame (the pandas path)."""
+        if isinstance(X, PreparedFeatures):
+            if X.key != self.prediction_key():
+                raise ValueError("The prepared features were made for a booster with other columns or categories.")
+            return X
+        return self.prepare(X) if len(X) <= SMALL_BATCH_ROWS else None
+
+    def _single_thread_xgboost(self) -> Any:
+        """A copy of the XGBoost booster set to one thread (the fitted one keeps n_jobs for large frames)."""
+        model = getattr(self, "_xgb_one_thread", None)
+        if model is None:
+            with _COPY_LOCK:
+                model = getattr(self, "_xgb_one_thread", None)
+                if model is None:
+                    model = self.model_.copy()
+                    model.set_param({"nthread": 1})
+                    self._xgb_one_thread = model
+        return model
+
+    def __getstate__(self) -> dict[str, Any]:
+        # caches are rebuilt on first use, never saved with the model
+        return {k: v for k, v in self.__dict__.items() if k not in ("_prediction_key", "_xgb_one_thread")}
 
     # -- fit -----------------------------------------------------------------------------------------
     def fit(
@@ -310,42 +412,82 @@ class GradientBooster:
         if not hasattr(self, "model_"):
             raise method_order_error("fit", method)
 
-    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+    def decision_function(self, X: pd.DataFrame | PreparedFeatures) -> np.ndarray:
         """Raw score per runner (logit margin for the binary objective)."""
         self._check_fitted("decision_function")
-        Xp = self._prepare(X)
+        prepared = self._prepared(X)
+        n_trees = self.best_iteration_ + 1
+        if prepared is not None:
+            if self.library == "lightgbm":
+                return np.asarray(
+                    self.model_.predict(prepared.values, raw_score=True, num_iteration=n_trees, num_threads=1)
+                )
+            if self.library == "xgboost":
+                model = self._single_thread_xgboost()
+                return np.asarray(
+                    model.inplace_predict(prepared.values, predict_type="margin", iteration_range=(0, n_trees))
+                )
+            return np.asarray(
+                self.model_.predict(self._catboost_pool(prepared), prediction_type="RawFormulaVal", thread_count=1)
+            )
+        Xp = self._prepare(X)  # type: ignore[arg-type]
         if self.library == "lightgbm":
-            return np.asarray(self.model_.predict(Xp, raw_score=True, num_iteration=self.best_iteration_ + 1))
+            return np.asarray(self.model_.predict(Xp, raw_score=True, num_iteration=n_trees))
         if self.library == "xgboost":
             import xgboost as xgb
 
             dm = xgb.DMatrix(Xp, enable_categorical=True)
-            return np.asarray(
-                self.model_.predict(dm, output_margin=True, iteration_range=(0, self.best_iteration_ + 1))
-            )
+            return np.asarray(self.model_.predict(dm, output_margin=True, iteration_range=(0, n_trees)))
         from catboost import Pool
 
         return np.asarray(
             self.model_.predict(Pool(Xp, cat_features=list(self.categories_)), prediction_type="RawFormulaVal")
         )
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def _catboost_pool(self, prepared: PreparedFeatures) -> Any:
+        from catboost import Pool
+
+        return Pool(prepared.labels, cat_features=prepared.categorical)
+
+    def predict_proba(self, X: pd.DataFrame | PreparedFeatures) -> np.ndarray:
         """Per-runner probability of the target (binary objective only), ignoring the rivals."""
         if self.objective != "binary":
             raise ValueError(f"predict_proba needs the binary objective; this booster uses {self.objective!r}.")
         return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
 
-    def contributions(self, X: pd.DataFrame) -> np.ndarray:
+    def contributions(self, X: pd.DataFrame | PreparedFeatures) -> np.ndarray:
         """TreeSHAP contribution of each feature to each runner's score, shape (runners, features)."""
         self._check_fitted("contributions")
-        Xp = self._prepare(X)
+        prepared = self._prepared(X)
+        n_trees = self.best_iteration_ + 1
+        if prepared is not None:
+            if self.library == "lightgbm":
+                out = self.model_.predict(prepared.values, pred_contrib=True, num_iteration=n_trees, num_threads=1)
+            elif self.library == "xgboost":
+                import xgboost as xgb
+
+                model = self._single_thread_xgboost()
+                dm = xgb.DMatrix(
+                    prepared.values,
+                    feature_names=model.feature_names,
+                    feature_types=model.feature_types,
+                    enable_categorical=True,
+                    nthread=1,
+                )
+                out = model.predict(dm, pred_contribs=True, iteration_range=(0, n_trees))
+            else:
+                out = self.model_.get_feature_importance(
+                    self._catboost_pool(prepared), type="ShapValues", thread_count=1
+                )
+            return np.asarray(out)[:, : len(self.feature_names_in_)]
+        Xp = self._prepare(X)  # type: ignore[arg-type]
         if self.library == "lightgbm":
-            out = self.model_.predict(Xp, pred_contrib=True, num_iteration=self.best_iteration_ + 1)
+            out = self.model_.predict(Xp, pred_contrib=True, num_iteration=n_trees)
         elif self.library == "xgboost":
             import xgboost as xgb
 
             dm = xgb.DMatrix(Xp, enable_categorical=True)
-            out = self.model_.predict(dm, pred_contribs=True, iteration_range=(0, self.best_iteration_ + 1))
+            out = self.model_.predict(dm, pred_contribs=True, iteration_range=(0, n_trees))
         else:
             from catboost import Pool
 
