@@ -588,6 +588,8 @@ def _compile_function(node: dict[str, Any]) -> Fn:
                 raise Unsupported(f"unary {name}")
             return lambda ctx: _negate(kids[0](ctx))
         return lambda ctx: _arith(name, kids[0](ctx), kids[1](ctx))
+    if name == "list_value":
+        return lambda ctx: _list_value([k(ctx) for k in kids], ctx.n)
     if name in _LIST_AGGS:
         agg = _LIST_AGGS[name]
         return lambda ctx: agg(kids[0](ctx))
@@ -595,6 +597,16 @@ def _compile_function(node: dict[str, Any]) -> Fn:
     if simple is None:
         raise Unsupported(f"function {name}")
     return lambda ctx: simple(*[k(ctx) for k in kids])
+
+
+def _list_value(cols: list[Col], n: int) -> Col:
+    """``[a, b, ...]``: one list per row."""
+    kind, scale, width = _common_all(cols)
+    cols = [_as_kind(c, kind, scale, width) for c in cols]
+    v = np.stack([np.broadcast_to(c.v, (n,)) for c in cols], axis=-1)
+    null = np.stack([np.broadcast_to(c.null, (n,)) for c in cols], axis=-1)
+    elem = Col(kind, v, null, scale, width)
+    return Col("list", np.zeros(1), np.zeros(1, bool), elem=elem, keep=np.ones(v.shape, bool))
 
 
 def _negate(c: Col) -> Col:
