@@ -228,6 +228,11 @@ class RacePipeline:
                 "The 'place_method' parameter of RacePipeline must be one of ('auto', 'harville', 'direct'). "
                 f"Got {self.place_method!r} instead."
             )
+        if not isinstance(self.refit_on_validation, bool):
+            raise ValueError(
+                "The 'refit_on_validation' parameter of RacePipeline must be a bool. "
+                f"Got {self.refit_on_validation!r} instead."
+            )
         if self.rank_relevance not in ("win", "graded"):
             raise ValueError(
                 "The 'rank_relevance' parameter of RacePipeline must be one of ('win', 'graded'). "
