@@ -68,6 +68,7 @@ class Col:
     width: int = 18
     elem: Col | None = None
     keep: np.ndarray | None = None
+    as_double: Col | None = None
 
 
 def _dec_to_double(v: np.ndarray, scale: int) -> np.ndarray:
@@ -99,7 +100,9 @@ def to_double(c: Col) -> Col:
     if c.kind == "dbl":
         return c
     if c.kind == "dec":
-        return Col("dbl", _dec_to_double(c.v, c.scale), c.null)
+        if c.as_double is None:  # a column read by several expressions is converted once
+            c.as_double = Col("dbl", _dec_to_double(c.v, c.scale), c.null)
+        return c.as_double
     if c.kind in ("int", "bool", "null"):
         return Col("dbl", c.v.astype(np.float64), c.null)
     raise Unsupported(f"no DOUBLE cast of {c.kind}")
@@ -1254,7 +1257,16 @@ class CardEngine:
                 frames[key] = f
             return f
 
+        done: dict[tuple[Any, ...], Col] = {}
+
         def window(func: str, arg: str | None, spec: dict[str, Any]) -> Col:
+            key = (func, arg, tuple(spec["partition"]), spec["last"], spec["lag_only"])
+            out = done.get(key)
+            if out is None:
+                out = done[key] = aggregate(func, arg, spec)
+            return out
+
+        def aggregate(func: str, arg: str | None, spec: dict[str, Any]) -> Col:
             if (func == "lag") != spec["lag_only"]:
                 raise Unsupported(f"{func} over this frame")
             f = frame(spec)
