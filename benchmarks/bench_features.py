@@ -35,6 +35,37 @@ from racequant.features.manifest import all_specs
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def card_benchmark(conn, card: dict, name: str, rounds: int = 5, per_round: int = 20) -> None:  # type: ignore[no-untyped-def]
+    """One card by the compiled engine (the serving path) and by the SQL statements (``compiled=False``), in
+    interleaved rounds of ``per_round`` calls each, so both see the same load; medians per round and overall."""
+    started = time.perf_counter()
+    features_for_card(conn, card)  # loads the engine (the stored state in memory, the compiled program)
+    print(f"{name}: race-card engine loaded in {time.perf_counter() - started:.2f} s (once per warehouse change)")
+    features_for_card(conn, card, compiled=False)  # warm-up
+    times: dict[str, list[float]] = {"compiled": [], "sql": []}
+    for r in range(rounds):
+        load = os.getloadavg()[0]
+        medians = {}
+        for mode in ("compiled", "sql"):
+            round_times = []
+            for _ in range(per_round):
+                t = time.perf_counter()
+                features_for_card(conn, card, compiled=mode == "compiled")
+                round_times.append(time.perf_counter() - t)
+            times[mode] += round_times
+            medians[mode] = np.median(round_times) * 1000
+        print(
+            f"{name}: round {r + 1}: one 14-runner card, median of {per_round}: compiled {medians['compiled']:.1f} ms, "
+            f"SQL {medians['sql']:.0f} ms (load average {load:.2f})"
+        )
+    fast, sql = (np.array(times[m]) * 1000 for m in ("compiled", "sql"))
+    print(
+        f"{name}: one 14-runner card, median of {len(fast)}: compiled {np.median(fast):.1f} ms (min {fast.min():.1f}, "
+        f"max {fast.max():.1f}); SQL {np.median(sql):.0f} ms (min {sql.min():.0f}, max {sql.max():.0f}); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 def _auc(score: np.ndarray, label: np.ndarray) -> float:
     ranks = pd.Series(score).rank().to_numpy()
     pos = label == 1
@@ -165,16 +196,7 @@ def main() -> None:
             refresh_card_state(conn, force=True)
             seconds = time.perf_counter() - started
             print(f"{name}: race-card state (base stage + group totals) stored in {seconds:.2f} s")
-            features_for_card(conn, card)  # warm-up
-            times = []
-            for _ in range(20):
-                started = time.perf_counter()
-                features_for_card(conn, card)
-                times.append(time.perf_counter() - started)
-            print(
-                f"{name}: one 14-runner card, median of 20 {np.median(times) * 1000:.0f} ms "
-                f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})"
-            )
+            card_benchmark(conn, card, name)
             print(f"load average {os.getloadavg()[0]:.2f}")
             if args.card_only:
                 return
