@@ -176,8 +176,25 @@ def test_the_engine_is_kept_until_the_warehouse_changes(tmp_path: Path):
     hooks = _card_state_hooks()
     first = card_engine.engine_for(conn, hooks)
     assert card_engine.engine_for(conn, hooks) is first
+    assert card_engine.engine_for(copy_warehouse(conn), hooks) is not first  # another in-memory database
     conn.execute("DELETE FROM runners WHERE race_id = (SELECT max(race_id) FROM races)")
     assert card_engine.engine_for(conn, hooks) is not first
+
+
+def test_connections_to_one_warehouse_file_share_the_engine(tmp_path: Path):
+    memory = warehouse_from_simulation(60, 4, tmp_path / "sim")
+    path = tmp_path / "w.duckdb"
+    memory.execute(f"ATTACH '{path}' AS f")
+    memory.execute("COPY FROM DATABASE memory TO f")
+    memory.execute("DETACH f")
+    hooks = _card_state_hooks()
+    writer = duckdb.connect(str(path))
+    shared = card_engine.engine_for(writer, hooks)
+    per_request = duckdb.connect(str(path))  # as the API's per-request connections
+    assert card_engine.engine_for(per_request, hooks) is shared
+    per_request.close()
+    writer.execute("DELETE FROM runners WHERE race_id = (SELECT max(race_id) FROM races)")
+    assert card_engine.engine_for(duckdb.connect(str(path)), hooks) is not shared
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -1550,8 +1551,10 @@ class StateHooks:
 
 
 _LOCK = threading.Lock()
-_ENGINES: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], CardEngine]] = {}
 _MAX_ENGINES = 4
+# (database file, or the connection of an in-memory database) -> (the connection if in-memory, its engine)
+_ENGINES: dict[tuple[str, Any], tuple[weakref.ref[duckdb.DuckDBPyConnection] | None, CardEngine]] = {}
+_DATABASES: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], str | None]] = {}
 
 
 @functools.cache
@@ -1559,25 +1562,50 @@ def _program() -> Program:
     return Program.compile()
 
 
+def _database_key(conn: duckdb.DuckDBPyConnection) -> tuple[str, Any]:
+    """The database a connection reads: its file (an engine serves every connection to it, as the serving
+    API's per-request read-only connections), or the connection itself for an in-memory database."""
+    known = _DATABASES.get(id(conn))
+    if known is None or known[0]() is not conn:
+        row = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+        path = str(Path(row[0]).resolve()) if row and row[0] else None
+        for key in [k for k, (ref, _p) in _DATABASES.items() if ref() is None]:
+            del _DATABASES[key]
+        known = _DATABASES[id(conn)] = (weakref.ref(conn), path)
+    return ("file", known[1]) if known[1] is not None else ("memory", id(conn))
+
+
 def engine_for(conn: duckdb.DuckDBPyConnection, hooks: StateHooks) -> CardEngine:
     """The engine of ``conn``'s current stored state: kept while the warehouse fingerprint is unchanged
-    (one cheap query a card), else the state is refreshed (``refresh_card_state``) and loaded again."""
+    (one cheap query a card), else the state is refreshed (``refresh_card_state``) and loaded again.
+
+    The fingerprint (row counts, last import, feature version) decides, as it decides when the stored state
+    is rebuilt: the state is a function of what it summarises.
+    """
     fingerprint = hooks.fingerprint(conn)
-    entry = _ENGINES.get(id(conn))
-    if entry is not None and entry[0]() is conn and entry[1].fingerprint == fingerprint:
+    key = _database_key(conn)
+
+    def current() -> CardEngine | None:
+        entry = _ENGINES.get(key)
+        if entry is None or entry[1].fingerprint != fingerprint or (entry[0] is not None and entry[0]() is not conn):
+            return None
         return entry[1]
+
+    engine = current()
+    if engine is not None:
+        return engine
     with _LOCK:
-        entry = _ENGINES.get(id(conn))
-        if entry is not None and entry[0]() is conn and entry[1].fingerprint == fingerprint:
-            return entry[1]
+        engine = current()
+        if engine is not None:
+            return engine
         started = time.perf_counter()
         hooks.refresh(conn)
         engine = CardEngine.load(conn, fingerprint, _program())
-        for key in [k for k, (ref, _e) in _ENGINES.items() if ref() is None or k == id(conn)]:
-            del _ENGINES[key]
+        for k in [k for k, (ref, _e) in _ENGINES.items() if k == key or (ref is not None and ref() is None)]:
+            del _ENGINES[k]
         while len(_ENGINES) >= _MAX_ENGINES:
             del _ENGINES[next(iter(_ENGINES))]
-        _ENGINES[id(conn)] = (weakref.ref(conn), engine)
+        _ENGINES[key] = (weakref.ref(conn) if key[0] == "memory" else None, engine)
         logger.info("Loaded the race-card engine in %.2f s", time.perf_counter() - started)
         return engine
 
