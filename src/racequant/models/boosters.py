@@ -33,6 +33,7 @@ from racequant.models.race import race_codes, race_softmax
 
 logger = logging.getLogger(__name__)
 _COPY_LOCK = threading.Lock()
+_UNSET = object()
 
 LIBRARIES = ("catboost", "lightgbm", "xgboost")
 OBJECTIVES = ("binary", "rank", "softmax")
@@ -222,9 +223,38 @@ class GradientBooster:
                     self._xgb_one_thread = model
         return model
 
+    def leaf_tables(self) -> Any | None:
+        """The booster's exact TreeSHAP as leaf tables (``racequant.models.treeshap``; built on first use, about a
+        second), or None when its trees cannot be tabulated (deeper than 8 levels, CTRs of feature combinations)."""
+        tables = getattr(self, "_leaf_tables", _UNSET)
+        if tables is _UNSET:
+            with _COPY_LOCK:
+                tables = getattr(self, "_leaf_tables", _UNSET)
+                if tables is _UNSET:
+                    tables = self._build_leaf_tables()
+                    self._leaf_tables = tables
+        return tables
+
+    def _build_leaf_tables(self) -> Any | None:
+        from racequant.models import treeshap
+
+        n_features = len(self.feature_names_in_)
+        try:
+            if self.library == "lightgbm":
+                return treeshap.LightGBMTables(self.model_, self.best_iteration_ + 1, n_features)
+            if self.library == "xgboost":
+                return treeshap.XGBoostTables(self.model_, self.best_iteration_ + 1, n_features)
+            return treeshap.CatBoostTables(self.model_, n_features)
+        except ValueError as exc:
+            logger.warning(
+                "%s %s booster: explanations by the library's own TreeSHAP (%s)", self.library, self.objective, exc
+            )
+            return None
+
     def __getstate__(self) -> dict[str, Any]:
         # caches are rebuilt on first use, never saved with the model
-        return {k: v for k, v in self.__dict__.items() if k not in ("_prediction_key", "_xgb_one_thread")}
+        cached = ("_prediction_key", "_xgb_one_thread", "_leaf_tables")
+        return {k: v for k, v in self.__dict__.items() if k not in cached}
 
     # -- fit -----------------------------------------------------------------------------------------
     def fit(
@@ -455,11 +485,19 @@ class GradientBooster:
             raise ValueError(f"predict_proba needs the binary objective; this booster uses {self.objective!r}.")
         return 1.0 / (1.0 + np.exp(-self.decision_function(X)))
 
-    def contributions(self, X: pd.DataFrame | PreparedFeatures) -> np.ndarray:
-        """TreeSHAP contribution of each feature to each runner's score, shape (runners, features)."""
+    def contributions(self, X: pd.DataFrame | PreparedFeatures, library: bool = False) -> np.ndarray:
+        """TreeSHAP contribution of each feature to each runner's score, shape (runners, features).
+
+        A few runners are explained from the booster's leaf tables (``leaf_tables``: the same values as the
+        library's TreeSHAP, XGBoost's within its float32 rounding), unless ``library`` asks for the library's own.
+        """
         self._check_fitted("contributions")
         prepared = self._prepared(X)
         n_trees = self.best_iteration_ + 1
+        tables = self.leaf_tables() if prepared is not None and not library else None
+        if prepared is not None and tables is not None:
+            source = self._catboost_pool(prepared) if self.library == "catboost" else prepared.values
+            return np.asarray(tables.contributions(source))
         if prepared is not None:
             if self.library == "lightgbm":
                 out = self.model_.predict(prepared.values, pred_contrib=True, num_iteration=n_trees, num_threads=1)
