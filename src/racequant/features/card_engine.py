@@ -908,9 +908,10 @@ def _fetch(
         kind, scale, width = _kind_of(types[c])
         null = np.asarray(data[f"{c}__null"], bool)
         raw = data[c]
-        if kind == "str":
-            v = np.asarray(raw, dtype=object)
-            v = np.where(null, None, v)
+        if kind == "str":  # one object per distinct string, not per row
+            v = np.where(null, "", np.asarray(raw, dtype=object)).astype(object)
+            uniq, inverse = np.unique(v.astype(str), return_inverse=True)
+            v = np.where(null, None, uniq.astype(object)[inverse])
         elif kind == "dbl":
             v = np.where(null, 0.0, np.asarray(raw, dtype=np.float64))
         elif kind == "bool":
@@ -926,7 +927,7 @@ class _Prefix:
     """Prefix sums (exact int64) and non-NULL counts of some columns of rows sorted by (key, race_seq)."""
 
     seq: np.ndarray
-    sums: dict[str, tuple[str, int, int, np.ndarray, np.ndarray]]  # name -> (kind, scale, width, sums, counts)
+    sums: dict[str, tuple[str, int, int, np.ndarray, np.ndarray | None]]  # name -> (kind, scale, width, sums, counts)
 
     @classmethod
     def of(cls, cols: Mapping[str, Col], seq: np.ndarray, names: Sequence[str], types: Mapping[str, tuple]) -> _Prefix:
@@ -936,13 +937,15 @@ class _Prefix:
             if c.kind not in ("int", "dec"):
                 raise Unsupported(f"prefix sums of {c.kind}")
             s = np.concatenate([[0], np.cumsum(np.where(c.null, 0, c.v), dtype=np.int64)])
-            k = np.concatenate([[0], np.cumsum(~c.null, dtype=np.int64)])
+            # non-NULL counts only where there are NULLs (else the count is the number of rows)
+            k = np.concatenate([[0], np.cumsum(~c.null, dtype=np.int64)]) if c.null.any() else None
             sums[n] = (*types[n], s, k)
         return cls(seq, sums)
 
     def total(self, name: str, lo: np.ndarray, hi: np.ndarray) -> Col:
         kind, scale, width, s, k = self.sums[name]
-        return Col(kind, s[hi] - s[lo], (k[hi] - k[lo]) == 0, scale, width)
+        counts = hi - lo if k is None else k[hi] - k[lo]
+        return Col(kind, s[hi] - s[lo], counts == 0, scale, width)
 
 
 def _sum_type(c: Col) -> tuple[str, int, int]:
