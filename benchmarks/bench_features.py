@@ -2,19 +2,22 @@
 
     python benchmarks/bench_features.py [--sim-runners 1000000 --memory-limit 3GB] [--report docs/features_report.md]
     python benchmarks/bench_features.py --card-only   # one 14-runner race card only (median of 20)
+    python benchmarks/bench_features.py --sim-only --sim-runners 1000000 [--sim-db FILE]  # the large build only
 
 Measures the full HK 1997-2005 build, one 14-runner race card, a naive per-horse pandas implementation of a
-handful of the same features, optionally a large simulated build (time and peak RSS of a child process that
-only builds), and writes the
-coverage table and univariate win AUCs used in docs/features.md.
+handful of the same features, optionally a large simulated build (time and peak RSS of a child process
+running `racequant features build`, the user's command), and writes the coverage table and univariate win
+AUCs used in docs/features.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,16 +123,8 @@ def naive_pandas(conn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - started
 
 
-def _child_build(db_path: Path, memory_limit: str) -> None:
-    """The large build, alone in a fresh process so its peak RSS is the build's own."""
-    conn = duckdb.connect(str(db_path))
-    started = time.perf_counter()
-    frame = build_features(conn, memory_limit=memory_limit)
-    print(f"{len(frame)} {time.perf_counter() - started:.1f}")
-
-
-def big_simulated_build(n_runners: int, memory_limit: str) -> None:
-    """Simulate about ``n_runners`` runners into a warehouse file, then time the full build in a child process."""
+def _simulated_warehouse(n_runners: int, db_path: Path) -> None:
+    """Simulate about ``n_runners`` runners into a new warehouse file ``db_path``."""
     from racequant.ingest import parse
     from racequant.ingest.simulator import simulate, write_results
     from racequant.warehouse import migrate
@@ -139,26 +134,43 @@ def big_simulated_build(n_runners: int, memory_limit: str) -> None:
         n_races = max(round(n_runners / 12.3), 10)  # the simulator averages about 12.3 runners a race
         started = time.perf_counter()
         write_results(simulate(n_races, 1), Path(tmp) / "results")
-        db_path = Path(tmp) / "sim.duckdb"
         conn = duckdb.connect(str(db_path))
         migrate(conn)
         load_results(conn, parse(Path(tmp) / "results", "racequant", skip_invalid=True), tmp)
         n = conn.execute("SELECT count(*) FROM runners").fetchall()[0][0]
         conn.close()
-        print(f"simulated: {n_races} races, {n} runners written and loaded in {time.perf_counter() - started:.0f} s")
+    print(f"simulated: {n_races} races, {n} runners written and loaded in {time.perf_counter() - started:.0f} s")
+
+
+def big_simulated_build(n_runners: int, memory_limit: str, sim_db: Path | None) -> None:
+    """Time ``racequant features build`` (the user's command: build, store, race-card state) on about
+    ``n_runners`` simulated runners, in a child process whose peak RSS is the command's own.
+
+    ``sim_db``: a simulated warehouse to reuse (created there if missing); the build runs on a copy of it.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(tmp) / "sim.duckdb"
+        if sim_db is None:
+            _simulated_warehouse(n_runners, db_path)
+        else:
+            if not sim_db.exists():
+                _simulated_warehouse(n_runners, sim_db)
+            shutil.copyfile(sim_db, db_path)
+        env = {**os.environ, "RACEQUANT_FEATURES_MEMORY_LIMIT": memory_limit}
+        command = [sys.executable, "-c", "from racequant.cli import main; main()", "features", "build"]
+        load = os.getloadavg()
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, __file__, "--child-build", str(db_path), "--memory-limit", memory_limit],
-            capture_output=True,
-            text=True,
-            check=True,
+            [*command, "--db", str(db_path), "--json"], capture_output=True, text=True, check=True, env=env
         )
         wall = time.perf_counter() - started
-        rows, seconds = done.stdout.split()[-2:]
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        summary = json.loads(done.stdout)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
         print(
-            f"simulated: {rows} feature rows built in {float(seconds):.1f} s (process wall {wall:.1f} s), "
-            f"peak RSS {peak:.2f} GiB, DuckDB memory_limit {memory_limit}"
+            f"simulated: `racequant features build` stored {summary['rows']} feature rows of {summary['races']} "
+            f"races; build {summary['seconds']:.1f} s, command wall {wall:.1f} s; peak RSS {peak / 2**30:.2f} GiB "
+            f"({peak / 1e9:.2f} GB); memory_limit {memory_limit}; load average {load[0]:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after"
         )
 
 
@@ -168,11 +180,14 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=None, help="write coverage and AUC tables (markdown)")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--card-only", action="store_true", help="only the race card on HK 1997-2005")
-    parser.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit of the large simulated build")
-    parser.add_argument("--child-build", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-limit", default="3GB", help="RACEQUANT_FEATURES_MEMORY_LIMIT of the large simulated build"
+    )
+    parser.add_argument("--sim-db", type=Path, default=None, help="reuse (or create) this simulated warehouse")
+    parser.add_argument("--sim-only", action="store_true", help="only the large simulated build")
     args = parser.parse_args()
-    if args.child_build is not None:
-        _child_build(args.child_build, args.memory_limit)
+    if args.sim_only:
+        big_simulated_build(args.sim_runners or 1_000_000, args.memory_limit, args.sim_db)
         return
     mem = psutil.virtual_memory().total / 2**30
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, {mem:.1f} GiB RAM")
@@ -227,7 +242,7 @@ def main() -> None:
         report += [f"| {k} | {r.strength:.3f} | {r.direction} |" for k, r in ped.iloc[::-1].iterrows()]
         conn.close()
     if args.sim_runners:
-        big_simulated_build(args.sim_runners, args.memory_limit)
+        big_simulated_build(args.sim_runners, args.memory_limit, args.sim_db)
     if args.report:
         args.report.write_text("\n".join(report) + "\n", encoding="utf-8")
 

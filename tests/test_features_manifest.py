@@ -7,11 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features_helpers import warehouse_from_simulation
+from features_helpers import mismatched_columns, warehouse_from_simulation
 from racequant.errors import RacequantError
 from racequant.features import api
 from racequant.features.build import build_features, feature_columns
 from racequant.features.manifest import CATEGORIES, all_specs, feature_version, fundamental_specs
+from racequant.warehouse import feature_store
 
 
 def test_the_manifest_documents_at_least_100_features_in_known_categories():
@@ -61,6 +62,21 @@ def test_build_store_show_and_export(sim_conn, tmp_path: Path):
     assert len(pd.read_parquet(tmp_path / "features.parquet")) == summary["rows"]
     with pytest.raises(RacequantError, match="No stored features"):
         api.show(sim_conn, "no-such-horse", race_id)
+
+
+def test_stored_features_are_the_built_rows_bit_for_bit_under_a_memory_limit(sim_conn):
+    # the store writes the build's result table straight into the warehouse (no DataFrame in between)
+    frame = build_features(sim_conn)
+    memory_limit = sim_conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    summary = api.build_and_store(sim_conn, memory_limit="1GB")
+    assert sim_conn.execute("SELECT current_setting('memory_limit')").fetchone()[0] == memory_limit
+    stored = feature_store.read_features(sim_conn)
+    assert set(stored.pop("feature_version")) == {feature_version()}
+    assert list(stored.columns) == list(frame.columns)
+    assert stored.dtypes.to_dict() == frame.dtypes.to_dict()
+    assert mismatched_columns(frame, stored) == {}
+    assert summary["rows"] == len(frame)
+    assert summary["coverage_mean"] == round(float(frame[feature_columns(frame)].notna().mean().mean()), 4)
 
 
 def test_list_features_names_columns_read():

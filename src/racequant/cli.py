@@ -232,7 +232,11 @@ def features_build(db: DbOption = None, as_json: JsonOption = False) -> None:
 
     settings = _settings(db)
     with err_console.status("Building features") as status, connect(settings.db) as conn:
-        summary = build_and_store(conn, progress=lambda step: status.update(f"Building features: {step}"))
+        summary = build_and_store(
+            conn,
+            progress=lambda step: status.update(f"Building features: {step}"),
+            memory_limit=settings.features_memory_limit,
+        )
     if as_json:
         _print_json(summary)
     else:
@@ -375,7 +379,11 @@ def train(
         if problem is not None:
             err_console.print(f"[yellow]Building the features first:[/] {problem}.")
             with err_console.status("Building features") as status:
-                build_and_store(conn, progress=lambda step: status.update(f"Building features: {step}"))
+                build_and_store(
+                    conn,
+                    progress=lambda step: status.update(f"Building features: {step}"),
+                    memory_limit=settings.features_memory_limit,
+                )
         frame = training_frame(conn, cutoff)
     if frame.empty:
         raise RacequantError(f"No races to train on{f' before {cutoff}' if cutoff else ''} in {settings.db}.")

@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     db: Path = Field(default=Path("racequant.duckdb"), description="Path of the DuckDB warehouse.")
     models_dir: Path = Field(default=Path("models"), description="Folder of the model registry.")
     log_level: str = Field(default="INFO", description="Log level of the racequant loggers.")
+    features_memory_limit: str | None = Field(
+        default="3GB",
+        description="DuckDB memory cap of the feature build (it spills to disk beyond it); empty: DuckDB's default.",
+    )
 
     # --- serving and monitoring (issue 7) ---
     host: str = Field(default="127.0.0.1", description="Address `racequant serve` listens on.")

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 
 from racequant.errors import RacequantError
-from racequant.features.build import build_features, feature_columns
+from racequant.features.build import built_features
 from racequant.features.manifest import all_specs, feature_version
 from racequant.warehouse import feature_store
 
@@ -25,17 +25,26 @@ def list_features() -> list[dict[str, Any]]:
 
 
 def build_and_store(
-    conn: duckdb.DuckDBPyConnection, *, progress: Callable[[str], None] | None = None
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    progress: Callable[[str], None] | None = None,
+    memory_limit: str | None = None,
 ) -> dict[str, Any]:
-    """Build the features of every race in the warehouse and store them; return a summary."""
+    """Build the features of every race in the warehouse and store them; return a summary.
+
+    The built rows go to the features table inside DuckDB, never through a DataFrame, so the peak memory is
+    DuckDB's: ``memory_limit`` (e.g. "3GB") caps it for the build (it spills to disk beyond it).
+    """
     started = time.perf_counter()
-    frame = build_features(conn, progress=progress, save_card_state=True)
-    seconds = time.perf_counter() - started
-    summary = feature_store.store_features(
-        conn, frame, feature_version=feature_version(), manifest=list_features(), seconds=seconds
-    )
-    cols = feature_columns(frame)
-    summary["coverage_mean"] = round(float(frame[cols].notna().mean().mean()), 4) if len(frame) else 0.0
+    with built_features(conn, progress=progress, save_card_state=True, memory_limit=memory_limit) as table:
+        summary = feature_store.store_feature_table(
+            conn,
+            table,
+            feature_version=feature_version(),
+            manifest=list_features(),
+            seconds=time.perf_counter() - started,
+        )
+    summary["coverage_mean"] = round(feature_store.stored_coverage(conn, [s.name for s in all_specs()]), 4)
     return summary
 
 

@@ -373,6 +373,38 @@ def build_features(
     restored afterwards.
     """
     started = time.perf_counter()
+    with built_features(
+        conn, race_ids=race_ids, progress=progress, save_card_state=save_card_state, memory_limit=memory_limit
+    ) as table:
+        try:
+            out = (
+                conn.sql(f"SELECT * FROM {table}")
+                .to_arrow_table()
+                .to_pandas(self_destruct=True, split_blocks=True, date_as_object=False)
+            )
+        except duckdb.Error as exc:
+            raise FeatureBuildError(f"The feature build failed: {exc}") from exc
+    out["race_seq"] = out["race_seq"].astype("int64")
+    out["race_date"] = out["race_date"].astype("datetime64[us]")  # as DuckDB's own .df() gives it
+    logger.info("Built %d feature rows in %.2f s", len(out), time.perf_counter() - started)
+    return out
+
+
+@contextlib.contextmanager
+def built_features(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    race_ids: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    save_card_state: bool = False,
+    memory_limit: str | None = None,
+) -> Iterator[str]:
+    """Run the bulk build and yield the name of the temp table holding its result (``build_features``' rows).
+
+    A large build is stored from the table without copying it out of DuckDB (``api.build_and_store``). The
+    intermediate relations are dropped before the yield; the result table, after it; ``memory_limit`` holds
+    until then.
+    """
     if race_ids is None:
         targets = "SELECT race_id FROM _fx_race"
     else:
@@ -380,28 +412,24 @@ def build_features(
         targets = "SELECT race_id FROM _fx_race WHERE race_id IN (SELECT race_id FROM _fx_wanted)"
     restore = _limit_memory(conn, memory_limit) if memory_limit else {}
     try:
-        _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
-        if save_card_state and race_ids is None:
-            _save_card_state(conn)
-        # free the intermediate relations before the result is copied out (peak memory of large builds)
-        _cleanup(conn, keep="_fx_out")
-        out = (
-            conn.sql("SELECT * FROM _fx_out")
-            .to_arrow_table()
-            .to_pandas(self_destruct=True, split_blocks=True, date_as_object=False)
-        )
-    except duckdb.Error as exc:
-        raise FeatureBuildError(f"The feature build failed: {exc}") from exc
+        try:
+            _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
+            if save_card_state and race_ids is None:
+                _save_card_state(conn)
+            # free the intermediate relations before the result is read (peak memory of large builds)
+            _cleanup(conn, keep="_fx_out")
+        except duckdb.Error as exc:
+            raise FeatureBuildError(f"The feature build failed: {exc}") from exc
+        yield "_fx_out"
     finally:
         _cleanup(conn)
         for name, value in restore.items():
-            conn.execute(f"SET {name} = '{_sql_str(value)}'")
+            # a default (as 80% of RAM) is reset exactly; current_setting shows a size rounded to 0.1 GiB
+            conn.execute(f"RESET {name}")
+            if str(conn.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]) != value:
+                conn.execute(f"SET {name} = '{_sql_str(value)}'")
         if race_ids is not None:
             conn.unregister("_fx_wanted")
-    out["race_seq"] = out["race_seq"].astype("int64")
-    out["race_date"] = out["race_date"].astype("datetime64[us]")  # as DuckDB's own .df() gives it
-    logger.info("Built %d feature rows in %.2f s", len(out), time.perf_counter() - started)
-    return out
 
 
 def refresh_card_state(conn: duckdb.DuckDBPyConnection, *, force: bool = False) -> bool:
@@ -849,6 +877,7 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 __all__ = [
     "FeatureBuildError",
     "build_features",
+    "built_features",
     "feature_columns",
     "feature_version",
     "features_for_card",
