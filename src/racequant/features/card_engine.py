@@ -60,7 +60,7 @@ class Unsupported(Exception):
 # -- values ------------------------------------------------------------------------------------------------
 # kind: "int" (int64), "dec" (int64 scaled by 10**scale), "dbl" (float64), "bool", "str" (object), "date"
 # (int64 days), "null" (untyped NULL), "list" (elem: a Col of shape (rows, length), keep: kept elements).
-@dataclass
+@dataclass(slots=True)
 class Col:
     kind: str
     v: np.ndarray
@@ -89,12 +89,11 @@ def _dec_to_double(v: np.ndarray, scale: int) -> np.ndarray:
 
 def _double_to_dec(x: np.ndarray, scale: int) -> np.ndarray:
     """DuckDB's DOUBLE -> DECIMAL: x * 10**scale rounded half away from zero."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        v = x * (10.0**scale)
-        r = np.trunc(v)
-        r = r + np.where(np.abs(v - r) >= 0.5, np.sign(v), 0.0)
-        ok = np.isfinite(r) & (np.abs(r) < 9.2e18)
-        return np.where(ok, r, 0.0).astype(np.int64)
+    v = x * (10.0**scale)
+    r = np.trunc(v)
+    r = r + np.where(np.abs(v - r) >= 0.5, np.sign(v), 0.0)
+    ok = np.isfinite(r) & (np.abs(r) < 9.2e18)
+    return np.where(ok, r, 0.0).astype(np.int64)
 
 
 def to_double(c: Col) -> Col:
@@ -125,8 +124,7 @@ def to_dec(c: Col, scale: int, width: int = 18) -> Col:
 
 def _mul_i64(a: np.ndarray, b: np.ndarray | np.int64) -> np.ndarray:
     """Exact int64 product (the engine gives up rather than wrap around)."""
-    with np.errstate(over="ignore"):
-        out = np.multiply(a, b)
+    out = np.multiply(a, b)
     fa = np.abs(np.asarray(a, dtype=np.float64)) * np.abs(np.asarray(b, dtype=np.float64))
     if fa.size and fa.max() >= 4e18:
         raise Unsupported("DECIMAL product beyond int64")
@@ -391,8 +389,7 @@ def _compile_comparison(typ: str, left: Fn, right: Fn) -> Fn:
     def cmp(ctx: Ctx) -> Col:
         a, b, _k = _pair(left(ctx), right(ctx))
         null = a.null | b.null
-        with np.errstate(invalid="ignore"):
-            v = op(a.v, b.v)
+        v = op(a.v, b.v)
         return Col("bool", np.asarray(v, bool) & ~null, null)
 
     return cmp
@@ -524,8 +521,7 @@ def _arith(op: str, a: Col, b: Col) -> Col:
     null = a.null | b.null
     if op == "/":
         x, y = to_double(a), to_double(b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return Col("dbl", x.v / y.v, null)
+        return Col("dbl", x.v / y.v, null)
     kind = _numeric_common(a, b)
     if kind == "null":
         return Col("null", np.zeros(null.shape, np.int64), null)
@@ -688,8 +684,7 @@ def _list_sum(c: Col) -> Col:
 
 def _dec_avg(total: np.ndarray, count: np.ndarray, scale: int) -> np.ndarray:
     """DuckDB's avg(DECIMAL): the exact sum / (count * 10**scale), in long double, rounded to DOUBLE."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = total.astype(np.longdouble) / (count.astype(np.longdouble) * np.longdouble(10.0**scale))
+    q = total.astype(np.longdouble) / (count.astype(np.longdouble) * np.longdouble(10.0**scale))
     return q.astype(np.float64)
 
 
@@ -698,8 +693,7 @@ def _list_avg(c: Col) -> Col:
     n = ok.sum(axis=-1)
     none = n == 0
     if e.kind == "dbl":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return Col("dbl", _seq_sum(e.v, ok) / n, none)
+        return Col("dbl", _seq_sum(e.v, ok) / n, none)
     if e.kind in ("dec", "int"):
         s = np.where(ok, e.v, 0).astype(np.int64).sum(axis=-1)
         return Col("dbl", _dec_avg(s, n, e.scale if e.kind == "dec" else 0), none)
@@ -767,8 +761,7 @@ def _greatest_least(is_greatest: bool) -> Callable[..., Col]:
         cs = [_as_kind(c, kind, scale, width) for c in cols]
         v, null = cs[0].v, cs[0].null
         for c in cs[1:]:
-            with np.errstate(invalid="ignore"):
-                better = (c.v > v) if is_greatest else (c.v < v)
+            better = (c.v > v) if is_greatest else (c.v < v)
             take = ~c.null & (null | better)
             v = np.where(take, c.v, v)
             null = null & c.null
@@ -779,8 +772,7 @@ def _greatest_least(is_greatest: bool) -> Callable[..., Col]:
 
 def _sqrt(c: Col) -> Col:
     d = to_double(c)
-    with np.errstate(invalid="ignore"):
-        return Col("dbl", np.sqrt(d.v), d.null)
+    return Col("dbl", np.sqrt(d.v), d.null)
 
 
 def _abs(c: Col) -> Col:
@@ -1116,8 +1108,10 @@ class CardEngine:
         last_seq: int,
     ) -> pd.DataFrame:
         """The card's features (the rows and columns ``build_features`` gives its race), from its records."""
-        base = self._base(race, runners, horses, last_seq)
-        return self.program.run(self, base, last_seq)
+        # NULL slots hold placeholder values and SQL's x / 0 is inf or nan: no floating-point warnings
+        with np.errstate(all="ignore"):
+            base = self._base(race, runners, horses, last_seq)
+            return self.program.run(self, base, last_seq)
 
     def _base(
         self,
@@ -1187,13 +1181,11 @@ class CardEngine:
         lo = np.zeros(1, np.int64)
         hi = np.array([np.searchsorted(self.rt.seq, last_seq, side="right")])
         won, placed, res = (to_double(self.rt.total(x, lo, hi)) for x in ("n_won", "n_placed", "n_res"))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            env["prior_win"] = _rep(Col("dbl", won.v / res.v, won.null | res.null), n)
-            env["prior_place"] = _rep(Col("dbl", placed.v / res.v, placed.null | res.null), n)
+        env["prior_win"] = _rep(Col("dbl", won.v / res.v, won.null | res.null), n)
+        env["prior_place"] = _rep(Col("dbl", placed.v / res.v, placed.null | res.null), n)
         hi = np.array([np.searchsorted(self.cpa_all.seq, last_seq, side="right")])
         fs, fn = (to_double(self.cpa_all.total(x, lo, hi)) for x in ("fig_sum", "fig_n"))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            env["prior_fig"] = _rep(Col("dbl", fs.v / fn.v, fs.null | fn.null), n)
+        env["prior_fig"] = _rep(Col("dbl", fs.v / fn.v, fs.null | fn.null), n)
         cls_num = race_cols["class_num"]
         _kind, scale, width = self.run_types["class_par_fig"]
         par = Col("dbl", np.zeros(1), np.ones(1, bool))
@@ -1294,8 +1286,7 @@ class CardEngine:
                     s = _seq_sum(c.v, ok)
                     if func == "sum":
                         return Col("dbl", s, none)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        return Col("dbl", s / k, none)
+                    return Col("dbl", s / k, none)
                 if c.kind in ("dec", "int"):
                     s = np.where(ok, c.v, 0).sum(axis=1, dtype=np.int64)
                     if func == "sum":
