@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,24 @@ def test_a_card_on_the_one_thread_path_gives_the_records_of_the_batch_path(
     assert all(len(top) == 10 for top in fast_tops)
     for mine, theirs in zip(fast_tops, batch_tops, strict=True):
         assert mine == pytest.approx(theirs, abs=2e-6)
+
+
+def test_concurrent_cards_read_through_a_cursor_per_thread_and_give_the_serial_records(
+    trained_model: TrainedModel,  # noqa: F811
+) -> None:
+    def plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "prediction_timestamp"} for r in records]
+
+    with connect_read_only(trained_model.db) as own:
+        cards = [trained_model.card(own, race_id) for race_id in trained_model.held_out[:6]]
+        attached = Predictor.load(trained_model.models_dir).attach(own)
+        serial = [plain(attached.predict(card)) for card in cards]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = [plain(r) for r in pool.map(attached.predict, cards * 3)]
+        used = len(attached._cursors)
+        attached.detach()
+    assert parallel == serial * 3
+    assert used > 1  # not one connection shared by every thread
 
 
 def test_a_race_inside_the_calibration_window_is_refused(

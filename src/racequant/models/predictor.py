@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from racequant.models.boosters import LIBRARIES
@@ -78,6 +79,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_PROBABILITY_COLUMNS = (
+    "win_prob",
+    "place_prob",
+    "win_prob_lower",
+    "win_prob_upper",
+    "place_prob_lower",
+    "place_prob_upper",
+)
+
+
+def _clean_values(column: pd.Series) -> list[Any]:
+    """``_clean`` of every value of a column (floats without a per-value type check)."""
+    if isinstance(column.dtype, np.dtype) and column.dtype.kind == "f":
+        return [v if math.isfinite(v) else None for v in column.to_numpy().tolist()]
+    return [_clean(v) for v in column.tolist()]
+
+
 class Predictor:
     """A loaded model version that turns race cards into the quantitative output records."""
 
@@ -92,6 +110,8 @@ class Predictor:
         self.models_loaded: dict[str, bool] = {name: name in loaded for name in SIX_MODELS}
         self.loaded_at = datetime.now(UTC)
         self._conn: duckdb.DuckDBPyConnection | None = None
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
 
     @classmethod
@@ -118,18 +138,46 @@ class Predictor:
 
     # -- the API's protocol: a held warehouse connection --------------------------------------------------
     def attach(self, conn: duckdb.DuckDBPyConnection) -> Predictor:
-        """Hold ``conn`` for ``predict(card, as_of)`` (calls are serialised: a DuckDB connection is not shared)."""
+        """Hold ``conn`` for ``predict(card, as_of)``. Each calling thread reads through its own cursor of it (a
+        DuckDB connection serves one thread at a time; its cursors run in parallel), so concurrent requests are
+        not serialised on one connection. ``detach`` closes the cursors."""
         self._conn = conn
         return self
 
-    def predict(self, card: RaceCard | Mapping[str, Any], as_of: datetime | None = None) -> list[dict[str, Any]]:
-        """``predict_card`` on the attached connection, each record with its ``_features`` (for drift logs)."""
+    def detach(self) -> None:
+        """Close the threads' cursors and drop the connection (the caller closes the connection itself)."""
+        with self._lock:
+            cursors, self._cursors = self._cursors, []
+            self._conn = None
+            self._local = threading.local()
+        for cursor in cursors:
+            cursor.close()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
         if self._conn is None:
             from racequant.errors import ConfigurationError
 
             raise ConfigurationError("The predictor has no warehouse connection: call attach(conn) first.")
-        with self._lock:
-            return self.predict_card(self._conn, card, as_of, with_features=True)
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            with self._lock:
+                cursor = self._conn.cursor()
+                self._cursors.append(cursor)
+            self._local.cursor = cursor
+        return cursor
+
+    def warm_up(self) -> Predictor:
+        """Build what the first card would otherwise wait for: the win boosters' leaf tables (explanations)."""
+        started = time.perf_counter()
+        for booster in self.pipeline.win_boosters_.values():
+            booster.leaf_tables()
+        logger.info("model %s warmed up in %.2f s", self.model_version, time.perf_counter() - started)
+        return self
+
+    def predict(self, card: RaceCard | Mapping[str, Any], as_of: datetime | None = None) -> list[dict[str, Any]]:
+        """``predict_card`` on the calling thread's cursor of the attached connection, each record with its
+        ``_features`` (for drift logs)."""
+        return self.predict_card(self._cursor(), card, as_of, with_features=True)
 
     # -- the one path -----------------------------------------------------------------------------------
     def features(
@@ -168,34 +216,48 @@ class Predictor:
         has_odds = any(h.win_odds is not None for h in declared.values())
         by_horse = {str(h): i for i, h in enumerate(frame["horse_id"])}
         as_of_text = as_of.isoformat() if isinstance(as_of, date | datetime) else str(as_of)
+        # columns as lists once (per-row Series lookups cost more than the boosters on a 14-runner card)
+        probs = {c: out[c].to_numpy() for c in _PROBABILITY_COLUMNS}
+        result = {
+            c: _clean_values(out[c]) for c in ("calibration_group", *(f"{lib}_win" for lib in LIBRARIES)) if c in out
+        }
+        figures = {name: _clean_values(frame[col]) if col in frame else None for name, col in FIGURES.items()}
+        market = _clean_values(frame["market_prob"]) if has_odds and "market_prob" in frame else None
+        top = out["top_features"].tolist() if "top_features" in out else None
+        features = None
+        if with_features:
+            names = self.pipeline.feature_columns_
+            features = [
+                dict(zip(names, row, strict=True))
+                for row in zip(*(_clean_values(frame[c]) for c in names), strict=True)
+            ]
         records = []
         for horse_id, horse in declared.items():
             i = by_horse[horse_id]
-            row, feats = out.iloc[i], frame.iloc[i]
             record: dict[str, Any] = {
                 "race_id": race_card.race_id,
                 "horse_id": horse_id,
                 "horse_name": horse.horse_name,
-                "win_prob_base": float(row["win_prob"]),
-                "place_prob_base": float(row["place_prob"]),
-                "win_prob_lower": float(row["win_prob_lower"]),
-                "win_prob_upper": float(row["win_prob_upper"]),
-                "place_prob_lower": float(row["place_prob_lower"]),
-                "place_prob_upper": float(row["place_prob_upper"]),
-                **{f"{lib}_win": _clean(row.get(f"{lib}_win")) for lib in LIBRARIES},
-                "top_features": row["top_features"],
-                **{name: _clean(feats.get(col)) for name, col in FIGURES.items()},
+                "win_prob_base": float(probs["win_prob"][i]),
+                "place_prob_base": float(probs["place_prob"][i]),
+                "win_prob_lower": float(probs["win_prob_lower"][i]),
+                "win_prob_upper": float(probs["win_prob_upper"][i]),
+                "place_prob_lower": float(probs["place_prob_lower"][i]),
+                "place_prob_upper": float(probs["place_prob_upper"][i]),
+                **{f"{lib}_win": result[f"{lib}_win"][i] if f"{lib}_win" in result else None for lib in LIBRARIES},
+                "top_features": top[i] if top is not None else None,
+                **{name: values[i] if values is not None else None for name, values in figures.items()},
                 "model_version": self.model_version,
                 "feature_version": self.feature_version,
-                "calibration_group": _clean(row["calibration_group"]),
+                "calibration_group": result["calibration_group"][i],
                 "prediction_timestamp": stamp,
                 "as_of": as_of_text,
             }
             if has_odds:
-                record["market_prob"] = _clean(feats.get("market_prob"))
+                record["market_prob"] = market[i] if market is not None else None
                 record["win_odds"] = horse.win_odds
-            if with_features:
-                record["_features"] = {c: _clean(feats[c]) for c in self.pipeline.feature_columns_}
+            if features is not None:
+                record["_features"] = features[i]
             records.append(record)
         logger.info(
             "predicted race %s (%d runners) with model %s in %.1f ms",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -47,9 +49,11 @@ def create_app(
     backtest_runner: BacktestRunner | None = _DEFAULT,
     fuser: Fuser | None = None,
     reference_features: pd.DataFrame | None = _DEFAULT,
+    predict_workers: int | None = None,
 ) -> FastAPI:
     """The racequant API. Without ``predictor`` the lifespan loads one from the registry (see ``load_predictor``);
-    the other components default to the warehouse at ``settings.db`` (``None`` switches one off)."""
+    the other components default to the warehouse at ``settings.db`` (``None`` switches one off).
+    ``predict_workers`` threads run the model (default: the cores, at least 2)."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
 
@@ -68,6 +72,10 @@ def create_app(
         reference = (
             components.reference_features(loaded, settings) if reference_features is _DEFAULT else reference_features
         )
+        pool = ThreadPoolExecutor(
+            max_workers=predict_workers or default_predict_workers(), thread_name_prefix="predict"
+        )
+        resources.callback(pool.shutdown)
         metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
         app.state.service = Service(
             settings=settings,
@@ -79,6 +87,7 @@ def create_app(
             feature_lookup=lookup,
             reference_features=reference,
             loaded_at=datetime.now(UTC),
+            predict_pool=pool,
         )
         logger.info("API ready: model %s, prediction log %s", loaded.model_version, settings.predlog_path())
         with resources:  # closes the jobs, then the log writer, then the warehouse connection
@@ -96,6 +105,11 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def default_predict_workers() -> int:
+    """Threads for the model: one per core (at least 2, so one card's I/O or native call overlaps another's)."""
+    return max(2, os.cpu_count() or 1)
 
 
 def run_server(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:

@@ -38,7 +38,8 @@ def load_predictor(settings: Settings, resources: ExitStack) -> Predictor:
 
     predictor = RegistryPredictor.load(settings.models_dir, settings.model_version)
     conn = resources.enter_context(connect_read_only(settings.db))
-    return predictor.attach(conn)
+    resources.callback(predictor.detach)  # the threads' cursors close before the connection
+    return predictor.attach(conn).warm_up()
 
 
 class WarehouseFeatures:

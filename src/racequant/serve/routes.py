@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -52,6 +56,7 @@ from racequant.warehouse import prediction_log
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 router = APIRouter()
 ServiceDep = Annotated[Service, Depends(get_service)]
 
@@ -88,13 +93,16 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-async def _predict(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
-    """Run the predictor on the card (in a worker thread); the records and each runner's feature values."""
-    _check_limits(body, service)
-    if getattr(service.predictor, "blocking", True):  # a model: off the event loop
-        raw = await run_in_threadpool(service.predictor.predict, body, body.as_of)
-    else:  # a predictor that says it is cheap (microseconds) runs inline
-        raw = service.predictor.predict(body, body.as_of)
+async def _off_loop(service: Service, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on the model's worker threads, or inline for a predictor that says it is cheap."""
+    if getattr(service.predictor, "blocking", True):
+        return await asyncio.get_running_loop().run_in_executor(service.predict_pool, functools.partial(work, *args))
+    return work(*args)
+
+
+def _records(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
+    """Run the predictor on the card; the records and each runner's feature values."""
+    raw = service.predictor.predict(body, body.as_of)
     records, features = [], []
     for row in raw:
         row = dict(row)
@@ -111,13 +119,24 @@ async def _predict(body: RaceRequest, service: Service) -> tuple[list[Prediction
     return records, features
 
 
-@router.post(
-    "/api/v1/quantify", response_model=PredictionResponse, tags=["predictions"], responses={**BODY_RESPONSES, 503: _ERR}
-)
-async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
-    """Win and place probabilities of every declared runner, logged before they are sent."""
-    started = time.perf_counter()
-    records, features = await _predict(body, service)
+async def _predict(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
+    """The card's records and feature values, computed on a worker thread."""
+    _check_limits(body, service)
+    return await _off_loop(service, _records, body, service)
+
+
+@dataclass
+class _Served:
+    records: list[PredictionRecord]
+    ids: list[str]
+    latency_ms: float
+    logged: Future[int]  # resolves once the log has committed the rows
+    queued_at: float
+
+
+def _predict_and_log(body: RaceRequest, service: Service, started: float) -> _Served:
+    """On a worker thread: predict, then queue the rows for the log (the caller waits for their commit)."""
+    records, features = _records(body, service)
     latency_ms = (time.perf_counter() - started) * 1000.0
     now = datetime.now(UTC)
     request_id = uuid.uuid4().hex
@@ -144,14 +163,31 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
         }
         for pid, r, f in zip(ids, records, features, strict=True)
     ]
-    waited = time.perf_counter()
+    queued_at = time.perf_counter()
+    try:
+        logged = service.writer.insert_predictions(rows)
+    except RacequantError as exc:  # a closed writer: answered 503 below, like a failed commit
+        logged = Future()
+        logged.set_exception(exc)
+    return _Served(records, ids, latency_ms, logged, queued_at)
+
+
+@router.post(
+    "/api/v1/quantify", response_model=PredictionResponse, tags=["predictions"], responses={**BODY_RESPONSES, 503: _ERR}
+)
+async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
+    """Win and place probabilities of every declared runner, logged before they are sent."""
+    started = time.perf_counter()
+    _check_limits(body, service)
+    served = await _off_loop(service, _predict_and_log, body, service, started)
+    records, ids, latency_ms = served.records, served.ids, served.latency_ms
     try:
         # acknowledged only once committed: a prediction the client sees is a prediction the log keeps
-        await asyncio.wait_for(asyncio.wrap_future(service.writer.insert_predictions(rows)), LOG_TIMEOUT_S)
+        await asyncio.wait_for(asyncio.wrap_future(served.logged), LOG_TIMEOUT_S)
     except (TimeoutError, RacequantError) as exc:
         logger.error("prediction log write failed: %s", exc)
         raise ServiceUnavailableError("The prediction log cannot store predictions now; nothing was served.") from exc
-    service.metrics.log_write.observe(time.perf_counter() - waited)
+    service.metrics.log_write.observe(time.perf_counter() - served.queued_at)
     service.metrics.predictions.labels(service.predictor.model_version).inc(len(records))
     answer = PredictionResponse(
         race_id=body.race_id,

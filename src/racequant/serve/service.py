@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +37,9 @@ class Service:
     feature_lookup: FeatureLookup | None
     reference_features: pd.DataFrame | None
     loaded_at: datetime
+    # the model's worker threads: bounded near the cores (threads beyond them only queue on the GIL, and a
+    # FIFO queue in front of them keeps the tail shorter than 40 threads time-slicing every request)
+    predict_pool: ThreadPoolExecutor | None = None
 
 
 def get_service(request: Request) -> Service:
