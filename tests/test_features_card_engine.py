@@ -194,7 +194,18 @@ def test_connections_to_one_warehouse_file_share_the_engine(tmp_path: Path):
     assert card_engine.engine_for(per_request, hooks) is shared
     per_request.close()
     writer.execute("DELETE FROM runners WHERE race_id = (SELECT max(race_id) FROM races)")
-    assert card_engine.engine_for(duckdb.connect(str(path)), hooks) is not shared
+    changed = card_engine.engine_for(duckdb.connect(str(path)), hooks)
+    assert changed is not shared
+    writer.close()
+    # a read-only connection is checked once: while it is open no process can write the file
+    calls = []
+    counting = card_engine.StateHooks(
+        fingerprint=lambda c: calls.append(1) or hooks.fingerprint(c), refresh=hooks.refresh
+    )
+    reader = duckdb.connect(str(path), read_only=True)
+    assert card_engine.engine_for(reader, counting) is changed
+    assert card_engine.engine_for(reader, counting) is changed
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize(

@@ -329,6 +329,7 @@ def _compile_cast(node: dict[str, Any]) -> Fn:
 
 
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+_DOUBTFUL = re.compile(r"(?i)inf|nan|_|^\s*[+-]?\d")
 
 
 def _try_cast_double(c: Col) -> Col:
@@ -339,6 +340,8 @@ def _try_cast_double(c: Col) -> Col:
             continue
         if isinstance(s, str) and _NUMBER.fullmatch(s):
             out.ravel()[i] = float(s)
+        elif isinstance(s, str) and _DOUBTFUL.search(s):
+            raise Unsupported(f"TRY_CAST of {s!r}")  # a spelling DuckDB may read as a number (inf, 1_000)
         else:
             null.ravel()[i] = True
     return Col("dbl", out, null)
@@ -1548,7 +1551,10 @@ _LOCK = threading.Lock()
 _MAX_ENGINES = 4
 # (database file, or the connection of an in-memory database) -> (the connection if in-memory, its engine)
 _ENGINES: dict[tuple[str, Any], tuple[weakref.ref[duckdb.DuckDBPyConnection] | None, CardEngine]] = {}
-_DATABASES: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], str | None]] = {}
+# connection -> (the connection, its database file or None, read-only)
+_DATABASES: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], str | None, bool]] = {}
+# read-only connection -> the engine it was checked against (the file cannot change while it is open)
+_CHECKED: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], CardEngine]] = {}
 
 
 @functools.cache
@@ -1556,17 +1562,20 @@ def _program() -> Program:
     return Program.compile()
 
 
-def _database_key(conn: duckdb.DuckDBPyConnection) -> tuple[str, Any]:
-    """The database a connection reads: its file (an engine serves every connection to it, as the serving
-    API's per-request read-only connections), or the connection itself for an in-memory database."""
+def _database(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, Any], bool]:
+    """The database a connection reads, and whether read-only: its file (an engine serves every connection to
+    it, as the serving API's per-request read-only connections), or the connection for an in-memory one."""
     known = _DATABASES.get(id(conn))
     if known is None or known[0]() is not conn:
-        row = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+        row = conn.execute(
+            "SELECT path, readonly FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()
         path = str(Path(row[0]).resolve()) if row and row[0] else None
-        for key in [k for k, (ref, _p) in _DATABASES.items() if ref() is None]:
+        for key in [k for k, (ref, *_rest) in _DATABASES.items() if ref() is None]:
             del _DATABASES[key]
-        known = _DATABASES[id(conn)] = (weakref.ref(conn), path)
-    return ("file", known[1]) if known[1] is not None else ("memory", id(conn))
+        known = _DATABASES[id(conn)] = (weakref.ref(conn), path, bool(row and row[1]))
+    key = ("file", known[1]) if known[1] is not None else ("memory", id(conn))
+    return key, known[2] and known[1] is not None
 
 
 def engine_for(conn: duckdb.DuckDBPyConnection, hooks: StateHooks) -> CardEngine:
@@ -1574,10 +1583,16 @@ def engine_for(conn: duckdb.DuckDBPyConnection, hooks: StateHooks) -> CardEngine
     (one cheap query a card), else the state is refreshed (``refresh_card_state``) and loaded again.
 
     The fingerprint (row counts, last import, feature version) decides, as it decides when the stored state
-    is rebuilt: the state is a function of what it summarises.
+    is rebuilt: the state is a function of what it summarises. A read-only connection to a file is checked
+    once: while it is open DuckDB lets no process write the file (the serving API holds one).
     """
+    key, read_only = _database(conn)
+    checked = _CHECKED.get(id(conn)) if read_only else None
+    if checked is not None and checked[0]() is conn:
+        entry = _ENGINES.get(key)
+        if entry is not None and entry[1] is checked[1]:
+            return checked[1]
     fingerprint = hooks.fingerprint(conn)
-    key = _database_key(conn)
 
     def current() -> CardEngine | None:
         entry = _ENGINES.get(key)
@@ -1586,22 +1601,24 @@ def engine_for(conn: duckdb.DuckDBPyConnection, hooks: StateHooks) -> CardEngine
         return entry[1]
 
     engine = current()
-    if engine is not None:
-        return engine
-    with _LOCK:
-        engine = current()
-        if engine is not None:
-            return engine
-        started = time.perf_counter()
-        hooks.refresh(conn)
-        engine = CardEngine.load(conn, fingerprint, _program())
-        for k in [k for k, (ref, _e) in _ENGINES.items() if k == key or (ref is not None and ref() is None)]:
-            del _ENGINES[k]
-        while len(_ENGINES) >= _MAX_ENGINES:
-            del _ENGINES[next(iter(_ENGINES))]
-        _ENGINES[key] = (weakref.ref(conn) if key[0] == "memory" else None, engine)
-        logger.info("Loaded the race-card engine in %.2f s", time.perf_counter() - started)
-        return engine
+    if engine is None:
+        with _LOCK:
+            engine = current()
+            if engine is None:
+                started = time.perf_counter()
+                hooks.refresh(conn)
+                engine = CardEngine.load(conn, fingerprint, _program())
+                for k in [k for k, (ref, _e) in _ENGINES.items() if k == key or (ref is not None and ref() is None)]:
+                    del _ENGINES[k]
+                while len(_ENGINES) >= _MAX_ENGINES:
+                    del _ENGINES[next(iter(_ENGINES))]
+                _ENGINES[key] = (weakref.ref(conn) if key[0] == "memory" else None, engine)
+                logger.info("Loaded the race-card engine in %.2f s", time.perf_counter() - started)
+    if read_only:
+        for k in [k for k, (ref, _e) in _CHECKED.items() if ref() is None]:
+            del _CHECKED[k]
+        _CHECKED[id(conn)] = (weakref.ref(conn), engine)
+    return engine
 
 
 def card_features(
