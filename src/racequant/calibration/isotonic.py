@@ -28,14 +28,30 @@ class CalibrationOrderError(NotFittedError):
 def _as_groups(groups: Sequence[object] | np.ndarray | None, n: int) -> np.ndarray:
     if groups is None:
         return np.full(n, POOLED, dtype=object)
+    if isinstance(groups, np.ndarray) and groups.dtype == object and all(type(g) is str for g in groups):
+        return groups.copy()  # already text (a race card's track): the same values without a pandas round trip
     return pd.Series(groups).astype("string").fillna("__missing__").to_numpy(dtype=object)
 
 
+def _datetimes(dates: Sequence[object] | np.ndarray) -> np.ndarray | None:
+    """``dates`` without NaT when they are already numpy datetimes, else None (pandas parses them)."""
+    if isinstance(dates, np.ndarray) and dates.dtype.kind == "M":
+        valid = dates[~np.isnat(dates)]
+        return valid if len(valid) else None
+    return None
+
+
 def _latest(dates: Sequence[object] | np.ndarray) -> pd.Timestamp:
+    valid = _datetimes(dates)
+    if valid is not None:
+        return pd.Timestamp(valid.max())
     return pd.Timestamp(pd.to_datetime(pd.Series(dates)).max())
 
 
 def _earliest(dates: Sequence[object] | np.ndarray) -> pd.Timestamp:
+    valid = _datetimes(dates)
+    if valid is not None:
+        return pd.Timestamp(valid.min())
     return pd.Timestamp(pd.to_datetime(pd.Series(dates)).min())
 
 
