@@ -127,6 +127,21 @@ def test_concurrent_cards_read_through_a_cursor_per_thread_and_give_the_serial_r
     assert used > 1  # not one connection shared by every thread
 
 
+def test_cards_predicted_together_get_the_records_of_each_card_alone(
+    predictor: Predictor,
+    trained_model: TrainedModel,  # noqa: F811
+    conn,  # type: ignore[no-untyped-def]
+) -> None:
+    def plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "prediction_timestamp"} for r in records]
+
+    cards = [trained_model.card(conn, race_id) for race_id in trained_model.held_out[:3]]
+    cards.append(cards[0])  # the same race twice stays two races
+    alone = [plain(predictor.predict_card(conn, card, with_features=True)) for card in cards]
+    together = predictor.predict_cards(conn, [(card, None) for card in cards], with_features=True)
+    assert [plain(r) for r in together] == alone
+
+
 def test_a_race_inside_the_calibration_window_is_refused(
     predictor: Predictor,
     conn,  # type: ignore[no-untyped-def]

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_runners: int = Field(default=24, ge=1, description="Most runners accepted in one race.")
     max_past_runs: int = Field(default=50, ge=0, description="Most past runs accepted per horse in a request.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted, in bytes.")
+    predict_workers: int | None = Field(
+        default=None, ge=1, description="Threads running the model in the API (default: the cores, at least 2)."
+    )
+    predict_max_batch: int = Field(
+        default=8, ge=1, description="Most queued race cards one model call takes together in the API (1: none)."
+    )
     alert_webhook_url: str | None = Field(default=None, description="Slack-compatible webhook the alerts post to.")
     alert_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook post, in seconds.")
     alert_retries: int = Field(default=3, ge=0, description="Retries of a failed webhook post.")

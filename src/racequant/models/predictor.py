@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,12 @@ class Predictor:
         ``_features`` (for drift logs)."""
         return self.predict_card(self._cursor(), card, as_of, with_features=True)
 
+    def predict_many(
+        self, cards: Sequence[tuple[RaceCard | Mapping[str, Any], datetime | None]]
+    ) -> list[list[dict[str, Any]]]:
+        """``predict`` of several (card, as_of) in one pipeline call (``predict_cards``)."""
+        return self.predict_cards(self._cursor(), cards, with_features=True)
+
     # -- the one path -----------------------------------------------------------------------------------
     def features(
         self, conn: duckdb.DuckDBPyConnection, card: RaceCard | Mapping[str, Any], as_of: datetime | date | None = None
@@ -202,6 +208,55 @@ class Predictor:
         when the card carries odds; it is never a model input.
         """
         started = time.perf_counter()
+        race_card, as_of, frame = self._card_frame(conn, card, as_of)
+        records = self._records(race_card, as_of, frame, self.pipeline.predict(frame), with_features)
+        logger.info(
+            "predicted race %s (%d runners) with model %s in %.1f ms",
+            race_card.race_id,
+            len(records),
+            self.model_version,
+            (time.perf_counter() - started) * 1000,
+        )
+        return records
+
+    def predict_cards(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        cards: Sequence[tuple[RaceCard | Mapping[str, Any], datetime | date | None]],
+        *,
+        with_features: bool = False,
+    ) -> list[list[dict[str, Any]]]:
+        """``predict_card`` of several (card, as_of) at once: each card's features, then one pipeline call for all
+        their runners (the boosters' and pandas' fixed costs shared). The same records as card by card: every
+        stage works race by race (each card's runners get a race key of their own, so two cards of one race stay
+        apart) or runner by runner. Any failure is left to ``predict_card`` to raise for the card that causes it."""
+        if len(cards) == 1:
+            return [self.predict_card(conn, cards[0][0], cards[0][1], with_features=with_features)]
+        started = time.perf_counter()
+        prepared = [self._card_frame(conn, card, as_of) for card, as_of in cards]
+        batch = pd.concat(
+            [frame.assign(**{self.pipeline.race_col: f"{k}:"}) for k, (_, _, frame) in enumerate(prepared)],
+            ignore_index=True,
+        )
+        out = self.pipeline.predict(batch)
+        results, offset = [], 0
+        for race_card, as_of, frame in prepared:
+            part = out.iloc[offset : offset + len(frame)]
+            results.append(self._records(race_card, as_of, frame, part, with_features))
+            offset += len(frame)
+        logger.info(
+            "predicted %d races (%d runners) with model %s in %.1f ms",
+            len(cards),
+            len(batch),
+            self.model_version,
+            (time.perf_counter() - started) * 1000,
+        )
+        return results
+
+    def _card_frame(
+        self, conn: duckdb.DuckDBPyConnection, card: RaceCard | Mapping[str, Any], as_of: datetime | date | None
+    ) -> tuple[RaceCard, datetime | date, pd.DataFrame]:
+        """The parsed card, its as_of and its feature frame with the calibration group."""
         race_card = parse_card(card)
         as_of = as_of if as_of is not None else race_card.off
         frame = card_features(conn, race_card, as_of)
@@ -210,7 +265,17 @@ class Predictor:
             race_values = race_card.model_dump()
             frame = frame.copy()  # one consolidated block: inserting into the fragmented feature frame is slow
             frame[group_col] = race_values.get(group_col, race_card.track)
-        out = self.pipeline.predict(frame)
+        return race_card, as_of, frame
+
+    def _records(
+        self,
+        race_card: RaceCard,
+        as_of: datetime | date,
+        frame: pd.DataFrame,
+        out: pd.DataFrame,
+        with_features: bool,
+    ) -> list[dict[str, Any]]:
+        """The output records of a card from its feature frame and the pipeline's rows for it (same order)."""
         stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         declared = {h.horse_id: h for h in race_card.declared()}
         has_odds = any(h.win_odds is not None for h in declared.values())
@@ -259,13 +324,6 @@ class Predictor:
             if features is not None:
                 record["_features"] = features[i]
             records.append(record)
-        logger.info(
-            "predicted race %s (%d runners) with model %s in %.1f ms",
-            race_card.race_id,
-            len(records),
-            self.model_version,
-            (time.perf_counter() - started) * 1000,
-        )
         return records
 
 

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ import pandas as pd
 from fastapi import FastAPI
 
 from racequant.monitor.writer import LogWriter
+from racequant.serve.batching import PredictionPool
 from racequant.serve.errors import install_error_handlers
 from racequant.serve.jobs import BacktestJobs, BacktestRunner
 from racequant.serve.limits import BodySizeLimit
@@ -53,7 +53,8 @@ def create_app(
 ) -> FastAPI:
     """The racequant API. Without ``predictor`` the lifespan loads one from the registry (see ``load_predictor``);
     the other components default to the warehouse at ``settings.db`` (``None`` switches one off).
-    ``predict_workers`` threads run the model (default: the cores, at least 2)."""
+    ``predict_workers`` threads run the model (default ``settings.predict_workers``, else the cores, at least 2),
+    each taking up to ``settings.predict_max_batch`` queued cards per model call."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
 
@@ -72,10 +73,12 @@ def create_app(
         reference = (
             components.reference_features(loaded, settings) if reference_features is _DEFAULT else reference_features
         )
-        pool = ThreadPoolExecutor(
-            max_workers=predict_workers or default_predict_workers(), thread_name_prefix="predict"
+        pool = PredictionPool(
+            loaded,
+            predict_workers or settings.predict_workers or default_predict_workers(),
+            settings.predict_max_batch,
         )
-        resources.callback(pool.shutdown)
+        resources.callback(pool.close)
         metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
         app.state.service = Service(
             settings=settings,

@@ -93,16 +93,19 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-async def _off_loop(service: Service, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)`` on the model's worker threads, or inline for a predictor that says it is cheap."""
-    if getattr(service.predictor, "blocking", True):
-        return await asyncio.get_running_loop().run_in_executor(service.predict_pool, functools.partial(work, *args))
-    return work(*args)
+async def _predict_then(body: RaceRequest, service: Service, finish: Callable[[list[dict[str, Any]]], T]) -> T:
+    """``finish(records)`` of the card's raw records: the model and ``finish`` run on the model's worker threads
+    (cards queued together share one model call), or inline for a predictor that says it is cheap."""
+    if not getattr(service.predictor, "blocking", True):
+        return finish(service.predictor.predict(body, body.as_of))
+    if service.predict_pool is None:
+        raw = await run_in_threadpool(service.predictor.predict, body, body.as_of)
+        return finish(raw)
+    return await asyncio.wrap_future(service.predict_pool.submit(body, body.as_of, finish))
 
 
-def _records(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
-    """Run the predictor on the card; the records and each runner's feature values."""
-    raw = service.predictor.predict(body, body.as_of)
+def _shape(raw: list[dict[str, Any]], service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
+    """The predictor's records as the output schema, and each runner's feature values."""
     records, features = [], []
     for row in raw:
         row = dict(row)
@@ -120,9 +123,9 @@ def _records(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord
 
 
 async def _predict(body: RaceRequest, service: Service) -> tuple[list[PredictionRecord], list[dict[str, Any]]]:
-    """The card's records and feature values, computed on a worker thread."""
+    """The card's records and feature values."""
     _check_limits(body, service)
-    return await _off_loop(service, _records, body, service)
+    return await _predict_then(body, service, functools.partial(_shape, service=service))
 
 
 @dataclass
@@ -134,9 +137,10 @@ class _Served:
     queued_at: float
 
 
-def _predict_and_log(body: RaceRequest, service: Service, started: float) -> _Served:
-    """On a worker thread: predict, then queue the rows for the log (the caller waits for their commit)."""
-    records, features = _records(body, service)
+def _log(body: RaceRequest, service: Service, started: float, raw: list[dict[str, Any]]) -> _Served:
+    """On a worker thread, after the model: shape the records and queue their rows for the log (the caller
+    waits for the commit)."""
+    records, features = _shape(raw, service)
     latency_ms = (time.perf_counter() - started) * 1000.0
     now = datetime.now(UTC)
     request_id = uuid.uuid4().hex
@@ -179,7 +183,7 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     """Win and place probabilities of every declared runner, logged before they are sent."""
     started = time.perf_counter()
     _check_limits(body, service)
-    served = await _off_loop(service, _predict_and_log, body, service, started)
+    served = await _predict_then(body, service, functools.partial(_log, body, service, started))
     records, ids, latency_ms = served.records, served.ids, served.latency_ms
     try:
         # acknowledged only once committed: a prediction the client sees is a prediction the log keeps

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +12,7 @@ import pandas as pd
 from fastapi import Request
 
 from racequant.monitor.writer import LogWriter
+from racequant.serve.batching import PredictionPool
 from racequant.serve.jobs import BacktestJobs
 from racequant.serve.metrics import ServiceMetrics
 from racequant.serve.predictor import Predictor
@@ -39,7 +39,7 @@ class Service:
     loaded_at: datetime
     # the model's worker threads: bounded near the cores (threads beyond them only queue on the GIL, and a
     # FIFO queue in front of them keeps the tail shorter than 40 threads time-slicing every request)
-    predict_pool: ThreadPoolExecutor | None = None
+    predict_pool: PredictionPool | None = None
 
 
 def get_service(request: Request) -> Service:

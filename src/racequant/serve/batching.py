@@ -1,0 +1,121 @@
+"""The model's worker threads: each takes the race cards queued when it is free, up to a batch, in one call.
+
+Requests arriving together (20 clients at once) then share one pipeline call (``predict_many``), whose fixed
+costs (pandas, the libraries' call overheads) no longer repeat per card; a lone request is taken alone at once,
+never held back to wait for company. Each request's ``finish`` (shaping its records, queueing its log rows) runs
+on the worker too, off the event loop. A failure in a shared call is retried card by card, so that each request
+gets its own answer or its own error.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from racequant.errors import RacequantError
+from racequant.serve.predictor import Predictor
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class PredictionPoolClosedError(RacequantError):
+    """The model's worker threads are stopped: nothing more can be predicted."""
+
+
+@dataclass
+class _Job:
+    card: Any
+    as_of: datetime | None
+    finish: Callable[[list[dict[str, Any]]], Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class PredictionPool:
+    """``workers`` threads running ``predictor``; ``submit`` queues one card and returns the Future of
+    ``finish(records)``. Predictors with ``predict_many([(card, as_of), ...])`` get up to ``max_batch`` cards per
+    call; others one card per ``predict`` call."""
+
+    def __init__(self, predictor: Predictor, workers: int, max_batch: int = 8) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError(f"PredictionPool needs workers >= 1 and max_batch >= 1. Got {workers}, {max_batch}.")
+        self.predictor = predictor
+        self.max_batch = max_batch if callable(getattr(predictor, "predict_many", None)) else 1
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"racequant-predict-{k}", daemon=True) for k in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.batches = 0
+        self.cards = 0
+
+    def submit(self, card: Any, as_of: datetime | None, finish: Callable[[list[dict[str, Any]]], Any]) -> Future[Any]:
+        job = _Job(card, as_of, finish)
+        with self._lock:
+            if self._closed:
+                raise PredictionPoolClosedError("The model's worker threads are stopped.")
+            self._queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued cards, then stop the threads."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+        logger.info("prediction pool closed: %d cards in %d model calls", self.cards, self.batches)
+
+    # --- the worker threads ---
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            jobs = [item]
+            stop = False
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            self._serve(jobs)
+            if stop:
+                return
+
+    def _serve(self, jobs: list[_Job]) -> None:
+        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        with self._lock:
+            self.batches += 1
+            self.cards += len(jobs)
+        results: list[list[dict[str, Any]]] | None = None
+        if len(jobs) > 1:
+            try:
+                results = self.predictor.predict_many([(j.card, j.as_of) for j in jobs])  # type: ignore[attr-defined]
+            except Exception:  # one bad card must not fail its companions: each is retried alone
+                logger.info("a batch of %d cards failed; predicting them one by one", len(jobs), exc_info=True)
+        for k, job in enumerate(jobs):
+            try:
+                records = results[k] if results is not None else self.predictor.predict(job.card, job.as_of)
+                job.future.set_result(job.finish(records))
+            except BaseException as exc:  # handed to the request, which answers it
+                job.future.set_exception(exc)
