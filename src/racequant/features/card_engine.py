@@ -950,10 +950,31 @@ def _sum_type(c: Col) -> tuple[str, int, int]:
 
 @dataclass
 class _Group:
+    """A group's stored (key, race) rows sorted by (key, race_seq): key -> number, the first row of each key,
+    and key number * stride + race_seq (ascending), so one searchsorted finds every card row's last row."""
+
     keys: tuple[str, ...]
     rolling: int | None
-    index: dict[tuple[Any, ...], tuple[int, int]]
+    codes: dict[tuple[Any, ...], int]
+    starts: np.ndarray
+    ordered: np.ndarray
+    stride: int
     prefix: _Prefix
+
+    @classmethod
+    def of(cls, keys: tuple[str, ...], rolling: int | None, cols: Mapping[str, Col], prefix: _Prefix) -> _Group:
+        index = _key_index(cols, keys)
+        codes = {key: i for i, key in enumerate(index)}
+        starts = np.array([s for s, _e in index.values()] or [0], np.int64)
+        seq = prefix.seq
+        stride = int(seq.max()) + 2 if len(seq) else 2
+        code_of_row = np.full(len(seq), len(index), np.int64)  # rows of NULL keys (sorted last) are never found
+        for i, (s, e) in enumerate(index.values()):
+            code_of_row[s:e] = i
+        ordered = code_of_row * stride + seq
+        if len(ordered) and (np.diff(ordered) < 0).any():
+            raise Unsupported("group rows not sorted by key and race_seq")
+        return cls(keys, rolling, codes, starts, ordered, stride, prefix)
 
 
 def _key_index(cols: Mapping[str, Col], keys: Sequence[str]) -> dict[tuple[Any, ...], tuple[int, int]]:
@@ -1047,7 +1068,7 @@ class CardEngine:
             cols = _fetch(conn, table, ", ".join((*keys, "race_seq")), [*keys, "race_seq", *_GROUP_SUMS])
             types = {n: _sum_type(cols[n]) for n in _GROUP_SUMS}
             prefix = _Prefix.of(cols, cols["race_seq"].v, _GROUP_SUMS, types)
-            groups[name] = _Group(tuple(keys), rolling, _key_index(cols, keys), prefix)
+            groups[name] = _Group.of(tuple(keys), rolling, cols, prefix)
         rt = _fetch(conn, "feature_state_rt", "race_seq", ["race_seq", "n_res", "n_won", "n_placed"])
         rt_prefix = _Prefix.of(
             rt,
@@ -1315,18 +1336,19 @@ class CardEngine:
         before the card (the last N rows for a rolling group); NULL for a key with none (or a NULL key)."""
         n = len(base["horse_id"].v)
         out: dict[str, Col] = {}
+        values: dict[str, list[Any]] = {}
         for name, g in self.groups.items():
-            lo = np.zeros(n, np.int64)
-            hi = np.zeros(n, np.int64)
-            keys = [[_py(base[k], i) for k in g.keys] for i in range(n)]
-            for i, key in enumerate(keys):
-                span = g.index.get(tuple(key))
-                if span is None:
-                    continue
-                s, e = span
-                pos = s + int(np.searchsorted(g.prefix.seq[s:e], last_seq, side="right"))
-                lo[i] = s if g.rolling is None else max(s, pos - g.rolling)
-                hi[i] = pos
+            for k in g.keys:
+                if k not in values:
+                    values[k] = [_py(base[k], i) for i in range(n)]
+            codes = np.array([g.codes.get(key, -1) for key in zip(*(values[k] for k in g.keys), strict=True)])
+            found = codes >= 0
+            code = np.where(found, codes, 0)
+            hi = np.searchsorted(g.ordered, code * g.stride + last_seq, side="right")
+            start = g.starts[code]
+            hi = np.where(found, np.maximum(hi, start), 0)
+            lo = start if g.rolling is None else np.maximum(start, hi - g.rolling)
+            lo = np.where(found, lo, 0)
             for total, src in _GROUP_TOTALS.items():
                 out[f"g_{name}.{total}"] = g.prefix.total(src, lo, hi)
         return out
