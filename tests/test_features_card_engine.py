@@ -276,3 +276,23 @@ def test_real_data_compiled_cards_equal_the_sql_path_and_the_bulk_build(caplog):
     as_of = pd.Timestamp(full["race_date"].max()).date() - timedelta(days=100)
     fast = _compiled(conn, card, caplog, as_of=as_of)
     assert mismatched_columns(features_for_card(conn, card, as_of, compiled=False), fast) == {}
+
+
+def test_feature_sql_the_compiler_does_not_know_sends_every_card_to_sql_with_one_warning(tmp_path, monkeypatch, caplog):
+    conn = warehouse_from_simulation(40, 8, tmp_path)
+    card = card_of(conn, conn.execute("SELECT max(race_id) FROM races").fetchone()[0])
+
+    def unknown(cls):  # as if a feature used a function the compiler does not know
+        raise card_engine.Unsupported("function some_new_function")
+
+    card_engine._compiled.cache_clear()
+    monkeypatch.setattr(card_engine.Program, "compile", classmethod(unknown))
+    try:
+        with caplog.at_level(logging.INFO, logger=ENGINE_LOG):
+            frames = [features_for_card(conn, card) for _ in range(2)]
+    finally:
+        monkeypatch.undo()
+        card_engine._compiled.cache_clear()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "does not compile" in r.getMessage()]
+    assert len(warnings) == 1
+    assert mismatched_columns(features_for_card(conn, card, compiled=False), frames[1]) == {}

@@ -20,9 +20,10 @@ of the bulk build is, for the card's row, an aggregate over stored rows: the hor
 aggregates over the horse's stored runs (a (runner, run) matrix, the last run rightmost, the frame read from
 the bulk build's WINDOW clause), the group totals become differences of prefix sums over the key's stored
 (key, race) rows (the last N rows for rolling groups), the pars and priors prefix sums over the stored races.
-The stored state is loaded into memory once per stored card state (``CardEngine.load``).
+The stored state is loaded into memory once per warehouse file and fingerprint (``engine_for``).
 
-Anything the compiler does not know raises ``Unsupported`` at compile time and the card takes the SQL path.
+Anything the compiler does not know raises ``Unsupported`` (at compile time: every card, with a warning; on
+a card's values: that card) and the card takes the SQL path, which stays the reference of the tests.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -1043,7 +1044,6 @@ class CardEngine:
     mom: dict[str, Col]
     horses: dict[str, tuple[Any, ...]]
     run_types: dict[str, tuple[str, int, int]]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conn: duckdb.DuckDBPyConnection, fingerprint: str, program: Program) -> CardEngine:
@@ -1580,8 +1580,21 @@ _CHECKED: dict[int, tuple[weakref.ref[duckdb.DuckDBPyConnection], CardEngine]] =
 
 
 @functools.cache
+def _compiled() -> Program | Unsupported:
+    """The compiled program, once per process; if the feature SQL uses something the compiler does not know,
+    the reason (then every card takes the SQL path, which is said once, loudly)."""
+    try:
+        return Program.compile()
+    except Unsupported as exc:
+        logger.warning("The feature SQL does not compile for race cards (%s): every card takes the SQL path", exc)
+        return exc
+
+
 def _program() -> Program:
-    return Program.compile()
+    program = _compiled()
+    if isinstance(program, Unsupported):
+        raise program
+    return program
 
 
 def _database(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, Any], bool]:
