@@ -46,6 +46,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+from pandas.api.internals import create_dataframe_from_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -1536,28 +1537,30 @@ class Program:
 
 def _frame(cols: Mapping[str, Col]) -> pd.DataFrame:
     """The output columns as the SQL path's frame gives them (DOUBLE -> float64 with NaN, VARCHAR -> str,
-    DATE -> datetime64[us]); the DOUBLE columns go in as one block (a column at a time costs ~5 ms)."""
+    DATE -> datetime64[us]), assembled from its blocks: the DOUBLE columns as one 2D block (a DataFrame built
+    a column at a time costs ~5 ms, one inserted at a time ~1.5 ms, from blocks ~0.3 ms)."""
     names = list(cols)
-    doubles = [k for k in names if cols[k].kind in ("dbl", "null")]
-    block = np.empty((len(next(iter(cols.values())).v), len(doubles)))
-    for j, k in enumerate(doubles):
-        c = cols[k]
-        block[:, j] = np.where(c.null, np.nan, c.v)
-    frame = pd.DataFrame(block, columns=doubles)
-    for name in names:
+    n = len(next(iter(cols.values())).v)
+    doubles = [i for i, k in enumerate(names) if cols[k].kind in ("dbl", "null")]
+    block = np.empty((len(doubles), n))
+    for j, i in enumerate(doubles):
+        c = cols[names[i]]
+        block[j] = np.where(c.null, np.nan, c.v)
+    blocks: list[tuple[Any, np.ndarray]] = [(block, np.array(doubles, dtype=np.intp))]
+    for i, name in enumerate(names):
         c = cols[name]
         if c.kind in ("dbl", "null"):
             continue
         if c.kind == "str":
             values: Any = pd.array(np.where(c.null, None, c.v).astype(object), dtype="str")
         elif c.kind == "date":
-            values = c.v.astype("datetime64[D]").astype("datetime64[us]")
+            values = c.v.astype("datetime64[D]").astype("datetime64[us]")[None, :]
         elif c.kind == "int" and not c.null.any():
-            values = c.v.astype(np.int64)
+            values = c.v.astype(np.int64)[None, :]
         else:
             raise Unsupported(f"output column {name} of {c.kind}")
-        frame.insert(names.index(name), name, values)
-    return frame
+        blocks.append((values, np.array([i], dtype=np.intp)))
+    return create_dataframe_from_blocks(blocks, index=pd.RangeIndex(n), columns=pd.Index(names))
 
 
 # -- serving: one engine per connection and stored state ---------------------------------------------------
