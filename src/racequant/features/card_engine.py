@@ -356,8 +356,10 @@ def _pair(a: Col, b: Col) -> tuple[Col, Col, str]:
             kind = a.kind if a.kind != "null" else b.kind
             x, y = _as_kind(a, kind), _as_kind(b, kind)
             if kind == "str":  # NULL slots compare as "" (masked out afterwards)
-                x = Col("str", np.where(x.null, "", x.v), x.null)
-                y = Col("str", np.where(y.null, "", y.v), y.null)
+                if x.null.any():
+                    x = Col("str", np.where(x.null, "", x.v), x.null)
+                if y.null.any():
+                    y = Col("str", np.where(y.null, "", y.v), y.null)
             return x, y, kind
         raise Unsupported(f"compare {a.kind} with {b.kind}")
     if kind == "dec":
