@@ -185,12 +185,13 @@ def big_simulated_build(n_runners: int, memory_limit: str, sim_db: Path | None) 
         )
         wall = time.perf_counter() - started
         summary = json.loads(done.stdout)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
         print(
             f"simulated: `racequant features build` stored {summary['rows']} feature rows of {summary['races']} "
-            f"races; build {summary['seconds']:.1f} s, command wall {wall:.1f} s; peak RSS {peak / 2**30:.2f} GiB "
-            f"({peak / 1e9:.2f} GB); memory_limit {memory_limit}; load average {load[0]:.1f} before, "
-            f"{os.getloadavg()[0]:.1f} after"
+            f"races; build {summary['seconds']:.1f} s, command wall {wall:.1f} s, CPU {usage.ru_utime:.0f} s user "
+            f"+ {usage.ru_stime:.0f} s system; peak RSS {peak / 2**30:.2f} GiB ({peak / 1e9:.2f} GB); memory_limit "
+            f"{memory_limit}; load average {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after"
         )
 
 

@@ -390,6 +390,42 @@ def build_features(
     return out
 
 
+_RELATION = re.compile(r"\b_fx_\w+\b")
+
+
+def _execute_bulk_steps(
+    conn: duckdb.DuckDBPyConnection,
+    steps: Sequence[Step],
+    progress: Callable[[str], None] | None,
+    *,
+    save_card_state: bool,
+) -> None:
+    """``_execute_steps``, dropping each relation after the last step that reads it (peak memory and spilling
+    of large builds: three wide copies of the runs and 26 group tables are otherwise held to the end).
+
+    With ``save_card_state`` the race-card state is stored as soon as the relations it copies exist.
+    """
+    reads = [set(_RELATION.findall(sql)) for _name, sql in steps]
+    last_read = {
+        name: max((j for j, r in enumerate(reads) if name in r), default=i) for i, (name, _) in enumerate(steps)
+    }
+    held = (
+        set().union(*(_RELATION.findall(src) for src in _card_state_sources().values())) if save_card_state else set()
+    )
+    live: list[str] = []
+    for i, (name, sql) in enumerate(steps):
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        if progress is not None:
+            progress(f"feature SQL step {i + 1}/{len(steps)} ({name})")
+        if held and held <= {n for n, _sql in steps[: i + 1]}:
+            _save_card_state(conn)
+            held = set()
+        for done in [n for n in live if last_read[n] <= i and n not in held]:
+            conn.execute(f"DROP TABLE {done}")
+            live.remove(done)
+        live.append(name)
+
+
 @contextlib.contextmanager
 def built_features(
     conn: duckdb.DuckDBPyConnection,
@@ -413,11 +449,8 @@ def built_features(
     restore = _limit_memory(conn, memory_limit) if memory_limit else {}
     try:
         try:
-            _execute_steps(conn, _pipeline("races", "runners", "horses", targets), progress)
-            if save_card_state and race_ids is None:
-                _save_card_state(conn)
-            # free the intermediate relations before the result is read (peak memory of large builds)
-            _cleanup(conn, keep="_fx_out")
+            steps = _pipeline("races", "runners", "horses", targets)
+            _execute_bulk_steps(conn, steps, progress, save_card_state=save_card_state and race_ids is None)
         except duckdb.Error as exc:
             raise FeatureBuildError(f"The feature build failed: {exc}") from exc
         yield "_fx_out"
