@@ -324,9 +324,12 @@ def bare_split(db: Path | None, models_dir: Path | None, cards: list[dict[str, A
     times: dict[str, list[float]] = {}
 
     def timed(name: str, work: Any) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         result = work()
         times.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+        # CPU time of this thread: less disturbed than wall time by other jobs on the cores (the log commit's
+        # work runs on the writer thread, so only its wall time is meaningful)
+        times.setdefault(f"{name}_cpu", []).append((time.thread_time() - cpu) * 1000)
         return result
 
     requests = [RaceRequest.model_validate(c) for c in cards]
@@ -386,6 +389,15 @@ def bare_split(db: Path | None, models_dir: Path | None, cards: list[dict[str, A
 
 
 # -- the run ----------------------------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), or NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def serve(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     code = (
         "from racequant.serve import run_server; from racequant.settings import Settings; "
@@ -415,7 +427,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=None, help="a registry (latest version) instead of --hk")
     parser.add_argument("--db", type=Path, default=None, help="its warehouse")
     parser.add_argument("--cards", type=int, default=40, help="real-model runs: distinct races sent in turn")
-    parser.add_argument("--bare-rounds", type=int, default=3)
+    parser.add_argument("--bare-rounds", type=int, default=3, help="rounds over the cards in process (0: none)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -464,6 +476,7 @@ def main() -> int:
             asyncio.run(closed_loop("127.0.0.1", port, args.clients, 3.0, bodies))  # warm-up, not counted
             for mode in modes:
                 with LoadSampler() as load:
+                    cpu = cpu_seconds(server.pid)
                     started = time.perf_counter()
                     if mode == "closed":
                         tally = asyncio.run(closed_loop("127.0.0.1", port, args.clients, args.seconds, bodies))
@@ -475,6 +488,10 @@ def main() -> int:
                         raise SystemExit(f"unknown mode {mode!r}: closed or open")
                     elapsed = time.perf_counter() - started
                 run = figures(tally, elapsed)
+                # the server's CPU per request (every thread: event loop, model workers, log writer)
+                run["server_cpu_ms_per_request"] = round(
+                    (cpu_seconds(server.pid) - cpu) * 1000 / max(1, len(tally.latencies)), 1
+                )
                 if mode == "open":
                     run["offered_rps"] = round(args.clients * args.rate_per_client, 1)
                     run["rate_per_client"] = args.rate_per_client
@@ -492,9 +509,10 @@ def main() -> int:
             logged = prediction_log.prediction_ids(conn)
     missing = len({i.decode() for i in acknowledged} - logged)
     result["missing_from_log"] = missing
-    with LoadSampler() as load:
-        result["bare_ms_per_card"] = bare_split(db, models_dir, cards, args.bare_rounds)
-    result["bare_load_average_1min"] = load.summary()
+    if args.bare_rounds > 0:
+        with LoadSampler() as load:
+            result["bare_ms_per_card"] = bare_split(db, models_dir, cards, args.bare_rounds)
+        result["bare_load_average_1min"] = load.summary()
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

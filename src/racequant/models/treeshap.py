@@ -93,16 +93,20 @@ class LeafTables:
         self._index: dict[int, np.ndarray] = {}
 
     def contributions(self, goes_left: np.ndarray) -> np.ndarray:
-        """(runners, features) contributions, from ``goes_left`` (runners, nodes): each test's outcome."""
+        """(runners, features) contributions, from ``goes_left`` (runners, nodes): each test's outcome.
+
+        Path by path, all runners together: the look-ups sweep the table once in order (runner by runner, each
+        runner would sweep the whole table again, several MB, and wait on memory for every leaf).
+        """
         runners = len(goes_left)
-        tests = np.concatenate([goes_left, np.ones((runners, 1), dtype=bool)], axis=1)
-        outcome = self._base.repeat(runners, axis=0)  # (runners, paths): row of the path's table
+        tests = np.concatenate([goes_left, np.ones((runners, 1), dtype=bool)], axis=1).T  # (nodes + 1, runners)
+        outcome = np.repeat(self._base.T, runners, axis=1)  # (paths, runners): row of the path's table
         for t in range(self._nodes.shape[0]):
-            outcome += (tests[:, self._nodes[t]] == self._left[t]).astype(np.int64) << t
-        values = self._flat[outcome]  # (runners, paths, width)
+            outcome += (tests[self._nodes[t]] == self._left[t][:, None]).astype(np.int64) << t
+        values = self._flat[outcome]  # (paths, runners, width)
         index = self._index.get(runners)
         if index is None:
-            index = (np.arange(runners)[:, None, None] * self.n_features + self.features[None, :, :]).ravel()
+            index = (np.arange(runners)[None, :, None] * self.n_features + self.features[:, None, :]).ravel()
             self._index[runners] = index
         out = np.bincount(index, weights=values.ravel(), minlength=runners * self.n_features)
         return out.reshape(runners, self.n_features)
