@@ -51,7 +51,7 @@ class PreparedFeatures:
     CatBoost reads, categoricals as text. Boosters trained on the same columns and categories share one.
     """
 
-    __slots__ = ("_labels", "categorical", "key", "text", "values")
+    __slots__ = ("_labels", "_pool", "categorical", "key", "text", "values")
 
     def __init__(
         self, key: tuple[Any, ...], values: np.ndarray, categorical: list[int], text: list[np.ndarray]
@@ -61,6 +61,7 @@ class PreparedFeatures:
         self.categorical = categorical
         self.text = text
         self._labels: np.ndarray | None = None
+        self._pool: Any = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -475,9 +476,12 @@ class GradientBooster:
         )
 
     def _catboost_pool(self, prepared: PreparedFeatures) -> Any:
-        from catboost import Pool
+        """The CatBoost Pool of the prepared features, built once for every CatBoost call on them."""
+        if prepared._pool is None:
+            from catboost import Pool
 
-        return Pool(prepared.labels, cat_features=prepared.categorical)
+            prepared._pool = Pool(prepared.labels, cat_features=prepared.categorical)
+        return prepared._pool
 
     def predict_proba(self, X: pd.DataFrame | PreparedFeatures) -> np.ndarray:
         """Per-runner probability of the target (binary objective only), ignoring the rivals."""
