@@ -5,9 +5,10 @@ Starts ``racequant.serve.run_server`` in a child process and drives it from ``--
 
 - ``closed``: each client sends its next card as soon as the previous one is answered: the saturation
   throughput, and the latency when every client always waits (Little's law: clients / throughput);
-- ``open``: each client sends at ``--rate-per-client`` requests per second with exponential (Poisson)
-  gaps, whether or not its earlier requests were answered: the latency at a stated offered load (clients x
-  rate). A latency is measured from the request's scheduled time, so a late send counts against the server.
+- ``open``: each client sends at ``--rate-per-client`` requests per second (each rate of a comma-separated
+  list in turn) with exponential (Poisson) gaps, whether or not its earlier requests were answered: the
+  latency at a stated offered load (clients x rate). A latency is measured from the request's scheduled time,
+  so a late send counts against the server.
 
 It prints p50, p90, p99, max, throughput and errors per mode, the load average sampled during each run, and the
 bare in-process time of one card split into features / pipeline / explanations / log commit; then it stops the
@@ -21,7 +22,7 @@ real 14-runner races after the model's calibration window in turn:
 
 The stand-in predictor built from the card's odds (no model, no warehouse):
 
-    .venv/bin/python benchmarks/bench_api.py [--clients 20 --seconds 30 --modes closed,open --rate-per-client 1]
+    .venv/bin/python benchmarks/bench_api.py [--clients 20 --seconds 30 --modes closed,open --rate-per-client 0.5,1]
 """
 
 from __future__ import annotations
@@ -420,7 +421,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--modes", default="closed,open", help="closed, open or both (comma-separated)")
-    parser.add_argument("--rate-per-client", type=float, default=1.0, help="open loop: requests/s per client")
+    parser.add_argument(
+        "--rate-per-client", default="0.5,1", help="open loop: requests/s per client; a comma-separated list runs each"
+    )
     parser.add_argument("--hk", type=Path, default=None, help="the HK 1997-2005 data folder: real model and races")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench-api")
     parser.add_argument("--until", default="2005-06-01", help="--hk: train on races before this day")
@@ -430,7 +433,10 @@ def main() -> int:
     parser.add_argument("--bare-rounds", type=int, default=3, help="rounds over the cards in process (0: none)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rates = [float(r) for r in str(args.rate_per_client).split(",") if r.strip()]
+    modes = []
+    for mode in (m.strip() for m in args.modes.split(",") if m.strip()):
+        modes.extend([("open", r) for r in rates] if mode == "open" else [(mode, None)])
 
     models_dir, db, version = args.models_dir, args.db, None
     if args.hk is not None:
@@ -474,16 +480,14 @@ def main() -> int:
         acknowledged: list[bytes] = []
         try:
             asyncio.run(closed_loop("127.0.0.1", port, args.clients, 3.0, bodies))  # warm-up, not counted
-            for mode in modes:
+            for mode, rate in modes:
                 with LoadSampler() as load:
                     cpu = cpu_seconds(server.pid)
                     started = time.perf_counter()
                     if mode == "closed":
                         tally = asyncio.run(closed_loop("127.0.0.1", port, args.clients, args.seconds, bodies))
-                    elif mode == "open":
-                        tally = asyncio.run(
-                            open_loop("127.0.0.1", port, args.clients, args.seconds, args.rate_per_client, bodies)
-                        )
+                    elif mode == "open" and rate is not None:
+                        tally = asyncio.run(open_loop("127.0.0.1", port, args.clients, args.seconds, rate, bodies))
                     else:
                         raise SystemExit(f"unknown mode {mode!r}: closed or open")
                     elapsed = time.perf_counter() - started
@@ -492,13 +496,15 @@ def main() -> int:
                 run["server_cpu_ms_per_request"] = round(
                     (cpu_seconds(server.pid) - cpu) * 1000 / max(1, len(tally.latencies)), 1
                 )
-                if mode == "open":
-                    run["offered_rps"] = round(args.clients * args.rate_per_client, 1)
-                    run["rate_per_client"] = args.rate_per_client
+                name = mode
+                if rate is not None:
+                    run["offered_rps"] = round(args.clients * rate, 1)
+                    run["rate_per_client"] = rate
+                    name = f"open_{rate:g}_per_client"
                 run["load_average_1min"] = load.summary()
-                result[mode] = run
+                result[name] = run
                 acknowledged.extend(tally.acknowledged)
-                print(json.dumps({mode: run}), file=sys.stderr, flush=True)
+                print(json.dumps({name: run}), file=sys.stderr, flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
@@ -516,7 +522,7 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    errors = any(result[m]["errors"] for m in modes)
+    errors = any(run["errors"] for run in result.values() if isinstance(run, dict) and "errors" in run)
     return 0 if not errors and missing == 0 else 1
 
 
