@@ -492,13 +492,16 @@ class GradientBooster:
     def contributions(self, X: pd.DataFrame | PreparedFeatures, library: bool = False) -> np.ndarray:
         """TreeSHAP contribution of each feature to each runner's score, shape (runners, features).
 
-        A few runners are explained from the booster's leaf tables (``leaf_tables``: the same values as the
-        library's TreeSHAP, XGBoost's within its float32 rounding), unless ``library`` asks for the library's own.
+        A few runners are explained from the booster's leaf tables once ``leaf_tables`` has built them (the same
+        values as the library's TreeSHAP, XGBoost's within its float32 rounding), unless ``library`` asks for the
+        library's own.
         """
         self._check_fitted("contributions")
         prepared = self._prepared(X)
         n_trees = self.best_iteration_ + 1
-        tables = self.leaf_tables() if prepared is not None and not library else None
+        # the tables once built (a long-lived server builds them at load: ``Predictor.warm_up``); a one-shot
+        # prediction (the CLI) is cheaper with the library's TreeSHAP than with a second of tabulation
+        tables = getattr(self, "_leaf_tables", None) if prepared is not None and not library else None
         if prepared is not None and tables is not None:
             source = self._catboost_pool(prepared) if self.library == "catboost" else prepared.values
             return np.asarray(tables.contributions(source))
