@@ -1,7 +1,7 @@
 """Benchmark of the walk-forward backtest on Hong Kong 1997-2005.
 
     python benchmarks/bench_backtest.py [--runs goal,rolling,expanding] [--workers 2]
-                                        [--libraries catboost,lightgbm,xgboost] [--out bench-backtest]
+                                        [--libraries lightgbm,xgboost] [--out bench-backtest]
                                         [--pipeline-params JSON] [--booster-params JSON]
 
 Builds the warehouse and the point-in-time features from ../shared/data/hkjc-1997-2005, then runs:
@@ -12,8 +12,9 @@ Builds the warehouse and the point-in-time features from ../shared/data/hkjc-199
   window, 30-day test windows, retrained every 30 days);
 - ``expanding``: the same test windows, training on all history before each fold.
 
-The estimator is ``racequant.backtest.api.default_estimator`` (the models pipeline with the walk-forward
-configuration) with ``n_jobs=1`` per fold; ``--pipeline-params`` / ``--booster-params`` override it.
+The estimator is ``racequant.backtest.api.default_estimator`` (the models pipeline's defaults with LightGBM and
+XGBoost, the backtest's libraries; ``--libraries catboost,lightgbm,xgboost`` for all three) with ``n_jobs=1`` per
+fold; ``--pipeline-params`` / ``--booster-params`` override it.
 
 Each run writes its report folder under --out and prints its headline; the summary goes to --out/summary.json
 (strict JSON: a figure that does not exist is null, never NaN), with the machine (nproc, CPU model, RAM, date),
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from features_helpers import warehouse_from_folder
 from racequant.backtest import WalkForwardSplit, run_backtest, write_outputs
-from racequant.backtest.api import default_estimator
+from racequant.backtest.api import BACKTEST_LIBRARIES, default_estimator
 from racequant.backtest.report import json_safe
 from racequant.features.api import build_and_store
 from racequant.models.api import fundamental_columns
@@ -154,7 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", default="goal,rolling,expanding")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--libraries", default="catboost,lightgbm,xgboost")
+    parser.add_argument("--libraries", default=",".join(BACKTEST_LIBRARIES))
     parser.add_argument("--out", type=Path, default=Path("bench-backtest"))
     parser.add_argument("--pipeline-params", default=None, help="JSON of RacePipeline parameters over the default")
     parser.add_argument("--booster-params", default=None, help="JSON {library: {param: value}} over the default's")
