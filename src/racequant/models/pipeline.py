@@ -4,7 +4,8 @@
 each strictly before the next:
 
 1. train: the six boosters (win and place for CatBoost, LightGBM and XGBoost);
-2. validation: early stopping, softmax temperatures, blend weights and the Harville exponents;
+2. validation: early stopping, softmax temperatures, blend weights and the Harville exponents; then (by
+   default) each booster is refit on train + validation with its early-stopped number of trees;
 3. calibration: the choice between Harville and direct place, isotonic calibrators and interval bands.
 
 ``predict(frame)`` returns one row per runner with per-model and blended win probabilities, calibrated win
