@@ -51,13 +51,13 @@ class PredictionPool:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self.batches = 0
+        self.cards = 0
         self._threads = [
             threading.Thread(target=self._run, name=f"racequant-predict-{k}", daemon=True) for k in range(workers)
         ]
         for thread in self._threads:
             thread.start()
-        self.batches = 0
-        self.cards = 0
 
     def submit(self, card: Any, as_of: datetime | None, finish: Callable[[list[dict[str, Any]]], Any]) -> Future[Any]:
         job = _Job(card, as_of, finish)
