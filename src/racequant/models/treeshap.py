@@ -99,7 +99,8 @@ class LeafTables:
         runner would sweep the whole table again, several MB, and wait on memory for every leaf).
         """
         runners = len(goes_left)
-        tests = np.concatenate([goes_left, np.ones((runners, 1), dtype=bool)], axis=1).T  # (nodes + 1, runners)
+        # (nodes + 1, runners), contiguous: each test's row of runners is one read
+        tests = np.ascontiguousarray(np.concatenate([goes_left, np.ones((runners, 1), dtype=bool)], axis=1).T)
         outcome = np.repeat(self._base.T, runners, axis=1)  # (paths, runners): row of the path's table
         for t in range(self._nodes.shape[0]):
             outcome += (tests[self._nodes[t]] == self._left[t][:, None]).astype(np.int64) << t
@@ -169,6 +170,7 @@ class LightGBMTables:
         self.nan_missing = np.asarray([m == "NaN" for m in missing])
         self.zero_missing = np.asarray([m == "Zero" for m in missing])
         self.categorical = np.asarray(categorical)
+        self._cat_nodes = np.flatnonzero(self.categorical)
         width = max((max(s) for s in cat_sets if s), default=0) + 1
         self.members = np.zeros((len(feature), width + 1), dtype=bool)  # last column: codes out of range
         for k, s in enumerate(cat_sets):
@@ -182,11 +184,16 @@ class LightGBMTables:
         is_zero = (filled >= -_K_ZERO) & (filled <= _K_ZERO)
         to_default = (self.zero_missing & (is_zero | np.isnan(filled))) | (self.nan_missing & isnan)
         with np.errstate(invalid="ignore"):
-            numeric = np.where(to_default, self.default_left, filled <= self.threshold)
-            code = np.where(isnan | (v < 0), -1, np.nan_to_num(v, nan=-1.0)).astype(np.int64)
-        code = np.where((code < 0) | (code >= self.members.shape[1] - 1), self.members.shape[1] - 1, code)
-        in_set = self.members[np.arange(len(self.feature))[None, :], code]
-        return np.where(self.categorical, in_set, numeric)
+            out = np.where(to_default, self.default_left, filled <= self.threshold)
+        cats = self._cat_nodes
+        if len(cats):
+            c = v[:, cats]
+            with np.errstate(invalid="ignore"):
+                code = np.where(np.isnan(c) | (c < 0), -1, np.nan_to_num(c, nan=-1.0)).astype(np.int64)
+            out_of_range = self.members.shape[1] - 1
+            code = np.where((code < 0) | (code >= out_of_range), out_of_range, code)
+            out[:, cats] = self.members[cats[None, :], code]
+        return out
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         return self.tables.contributions(self.goes_left(x))
@@ -241,6 +248,7 @@ class XGBoostTables:
         self.threshold = np.asarray(threshold, dtype=np.float32)
         self.default_left = np.asarray(default_left)
         self.categorical = np.asarray(categorical)
+        self._cat_nodes = np.flatnonzero(self.categorical)
         width = max((max(s) for s in cat_sets if s), default=0) + 1
         self.members = np.zeros((len(feature), width + 1), dtype=bool)
         for k, s in enumerate(cat_sets):
@@ -249,13 +257,16 @@ class XGBoostTables:
 
     def goes_left(self, x: np.ndarray) -> np.ndarray:
         v = x.astype(np.float32)[:, self.feature]
-        isnan = np.isnan(v)
         with np.errstate(invalid="ignore"):
-            numeric = v < self.threshold
-            code = np.nan_to_num(v, nan=-1.0).astype(np.int64)
-        code = np.where((code < 0) | (code >= self.members.shape[1] - 1), self.members.shape[1] - 1, code)
-        in_set = self.members[np.arange(len(self.feature))[None, :], code]
-        return np.where(isnan, self.default_left, np.where(self.categorical, ~in_set, numeric))
+            out = v < self.threshold
+        cats = self._cat_nodes
+        if len(cats):
+            c = v[:, cats]
+            code = np.nan_to_num(c, nan=-1.0).astype(np.int64)
+            out_of_range = self.members.shape[1] - 1
+            code = np.where((code < 0) | (code >= out_of_range), out_of_range, code)
+            out[:, cats] = ~self.members[cats[None, :], code]
+        return np.where(np.isnan(v), self.default_left, out)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         return self.tables.contributions(self.goes_left(x))
