@@ -25,9 +25,10 @@ logger = logging.getLogger(__name__)
 # The walk-forward backtest refits the pipeline once per fold (80 folds over HK 1998-2005, 289,177 training
 # races in all with --expanding), and CatBoost is more than half of each fit's CPU. On 2003, by the selection
 # protocol of docs/models.md (train < 2002-01-09, validate on 2002, score 2003 uncalibrated, one thread per
-# booster; 2026-11-27) the blend without CatBoost is as good as with it: pseudo-R2 0.1471 against 0.1465
-# (CatBoost's blend weight 0.17, CatBoost alone 0.1320). So the backtest's per-fold pipeline is the models
-# pipeline's defaults with LightGBM and XGBoost only; ``libraries=`` brings CatBoost back.
+# booster, with the pipeline's refit on train + validation; 2026-11-27) the blend without CatBoost is as good as
+# with it: pseudo-R2 0.1471 against 0.1465 (CatBoost's blend weight 0.17, CatBoost alone 0.1320). So the
+# backtest's per-fold pipeline is the models pipeline's defaults with LightGBM and XGBoost only; ``libraries=``
+# brings CatBoost back.
 BACKTEST_LIBRARIES: tuple[str, ...] = ("lightgbm", "xgboost")
 
 
