@@ -340,7 +340,8 @@ def card_features(conn: duckdb.DuckDBPyConnection, card: RaceCard, as_of: dateti
     if scratch is None:  # every past run is already in the warehouse
         return features_for_card(conn, feature_card, as_of)
     try:
-        frame = features_for_card(scratch, feature_card, as_of)
+        # a one-off warehouse: loading the compiled card engine (~1 s) would cost more than the SQL path
+        frame = features_for_card(scratch, feature_card, as_of, compiled=False)
     finally:
         scratch.close()
     logger.info("race %s: features with inline past runs in %.2f s", card.race_id, time.perf_counter() - started)
