@@ -28,6 +28,23 @@ T = TypeVar("T")
 _STOP = object()
 
 
+def take_queued(q: queue.Queue[Any], first: Any, limit: int, stop: object) -> tuple[list[Any], bool]:
+    """``first`` and whatever else is queued now, up to ``limit`` items, never waiting for more.
+
+    Returns (the items, whether ``stop`` was taken from the queue: the caller ends after serving them).
+    """
+    items = [first]
+    while len(items) < limit:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is stop:
+            return items, True
+        items.append(nxt)
+    return items, False
+
+
 class LogWriterClosedError(RacequantError):
     """The prediction-log writer is closed: nothing more can be written."""
 
@@ -112,16 +129,7 @@ class LogWriter:
             item = self._queue.get()
             if item is _STOP:
                 break
-            batch = [item]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                batch.append(nxt)
+            batch, stopping = take_queued(self._queue, item, self.max_batch, _STOP)
             self._commit(conn, batch)
 
     def _commit(self, conn: duckdb.DuckDBPyConnection, batch: list[tuple[Callable[..., Any], Future[Any]]]) -> None:

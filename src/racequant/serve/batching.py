@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from racequant.errors import RacequantError
+from racequant.monitor.writer import take_queued
 from racequant.serve.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -85,17 +86,7 @@ class PredictionPool:
             item = self._queue.get()
             if item is _STOP:
                 return
-            jobs = [item]
-            stop = False
-            while len(jobs) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                jobs.append(nxt)
+            jobs, stop = take_queued(self._queue, item, self.max_batch, _STOP)
             self._serve(jobs)
             if stop:
                 return
