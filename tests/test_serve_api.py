@@ -262,6 +262,7 @@ def test_fuse_gives_fused_probabilities_and_422_for_a_horse_without_record(clien
 
 def test_healthz_and_prometheus_metrics(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "model_version": "fixture-1"}
+    assert client.post("/api/v1/quantify", json=race_body("MT")).status_code == 200  # counted whatever ran before
     text = client.get("/metrics").text
     assert 'racequant_http_requests_total{method="POST",route="/api/v1/quantify",status="200"}' in text
     assert "racequant_http_request_duration_seconds_bucket" in text
