@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from benchcommon import LoadSampler
 
 
 def free_port() -> int:
@@ -270,36 +271,6 @@ async def open_loop(
     return tally
 
 
-class LoadSampler:
-    """The 1-minute load average every ``every`` seconds while a run lasts."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.every = every
-        self.samples: list[float] = [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.samples.append(os.getloadavg()[0])
-
-    def __enter__(self) -> LoadSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(os.getloadavg()[0])
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "min": round(min(self.samples), 2),
-            "mean": round(statistics.mean(self.samples), 2),
-            "max": round(max(self.samples), 2),
-        }
-
-
 def figures(tally: Tally, elapsed: float) -> dict[str, Any]:
     lat = tally.latencies or [float("nan")]
     return {
@@ -481,7 +452,7 @@ def main() -> int:
         try:
             asyncio.run(closed_loop("127.0.0.1", port, args.clients, 3.0, bodies))  # warm-up, not counted
             for mode, rate in modes:
-                with LoadSampler() as load:
+                with LoadSampler(every=5.0) as load:
                     cpu = cpu_seconds(server.pid)
                     started = time.perf_counter()
                     if mode == "closed":
@@ -516,7 +487,7 @@ def main() -> int:
     missing = len({i.decode() for i in acknowledged} - logged)
     result["missing_from_log"] = missing
     if args.bare_rounds > 0:
-        with LoadSampler() as load:
+        with LoadSampler(every=5.0) as load:
             result["bare_ms_per_card"] = bare_split(db, models_dir, cards, args.bare_rounds)
         result["bare_load_average_1min"] = load.summary()
     print(json.dumps(result, indent=2))

@@ -29,15 +29,14 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from benchcommon import LoadSampler, machine_info
 from features_helpers import warehouse_from_folder
 from racequant.backtest import WalkForwardSplit, run_backtest, write_outputs
 from racequant.backtest.api import BACKTEST_LIBRARIES, default_estimator
@@ -110,36 +109,7 @@ HEADLINE = [
 
 def machine() -> dict[str, Any]:
     """nproc, CPU model, RAM and date, for the benchmark record."""
-    cpu, ram_gb = platform.processor() or platform.machine(), None
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
-        meminfo = Path("/proc/meminfo").read_text().split()
-        ram_gb = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
-    except (OSError, ValueError):
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": ram_gb, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
-
-
-class LoadSampler:
-    """Samples the 1-minute load average every ``every`` seconds in a daemon thread."""
-
-    def __init__(self, every: float = 15.0) -> None:
-        self.every, self.samples = every, [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            self.samples.append(os.getloadavg()[0])
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
-        self.samples.append(os.getloadavg()[0])
-        s = self.samples
-        return {"min": round(min(s), 2), "mean": round(sum(s) / len(s), 2), "max": round(max(s), 2), "n": len(s)}
+    return {**machine_info(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -202,7 +172,7 @@ def main() -> None:
             expanding=spec["expanding"],
         )
         t0, load_start = time.perf_counter(), load()
-        sampler = LoadSampler()
+        sampler = LoadSampler().start()
 
         def tick(done: int, total: int, name: str = name, t0: float = t0) -> None:
             print(f"  [{name}] fold {done}/{total} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -216,7 +186,8 @@ def main() -> None:
             progress=tick,
         )
         wall = time.perf_counter() - t0
-        load_average = sampler.stop()
+        sampler.stop()
+        load_average = {**sampler.summary(), "n": len(sampler.samples)}
         load_end = load()
         paths = write_outputs(result, args.out / name)
         m = result.metrics

@@ -20,7 +20,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from benchcommon import machine_info
 from features_helpers import warehouse_from_folder
 from racequant.calibration import metrics as M
 from racequant.features import build_features
@@ -86,20 +86,9 @@ def interval_coverage(out: pd.DataFrame, outcome: np.ndarray, name: str, bins: i
 
 def machine() -> dict[str, object]:
     """nproc, CPU model, RAM, load average (1, 5, 15 min, at the end of the run) and date, for the record."""
-    cpu = platform.processor() or platform.machine()
-    ram_gb = None
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
-        meminfo = Path("/proc/meminfo").read_text().split()
-        ram_gb = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
-    except (OSError, ValueError):
-        pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "ram_gb": ram_gb,
+        **machine_info(),
         "load_average": [round(x, 2) for x in load] if load else None,
         "date": time.strftime("%Y-%m-%d"),
     }
