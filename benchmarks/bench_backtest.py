@@ -34,7 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# the test helpers, and this folder (benchcommon) also when the script is loaded by path, as a test does
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchcommon import LoadSampler, machine_info
 from features_helpers import warehouse_from_folder

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+# the test helpers, and this folder (benchcommon) also when the script is loaded by path, as a test does
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchcommon import machine_info
 from features_helpers import warehouse_from_folder
 from racequant.calibration import metrics as M
