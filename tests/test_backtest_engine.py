@@ -21,6 +21,7 @@ from racequant.backtest import (
     store_result,
     write_outputs,
 )
+from racequant.backtest.engine import dispatch_order
 from racequant.backtest.reference import ConditionalLogitPipeline
 from racequant.errors import ConfigurationError
 from racequant.warehouse.backtest_store import list_backtest_runs, read_backtest_predictions
@@ -213,9 +214,22 @@ def test_deleting_every_result_after_a_date_leaves_earlier_folds_identical(
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
 
 
+def test_a_cluster_starts_the_folds_with_the_most_training_runners_first(history: pd.DataFrame) -> None:
+    frame = history.sort_values("date", kind="stable").reset_index(drop=True)
+    expanding = WalkForwardSplit("2000-06-01", "2000-10-31", test_window_days=30, expanding=True).split(frame)
+    order = dispatch_order(frame, expanding)
+    assert order == list(range(len(expanding)))[::-1]  # each expanding window holds the one before it
+    sizes = [int(expanding[i].train_mask(frame["date"]).sum()) for i in order]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    rolling = splitter("2000-10-31").split(frame)
+    rolling_sizes = [int(f.train_mask(frame["date"]).sum()) for f in rolling]
+    assert [rolling_sizes[i] for i in dispatch_order(frame, rolling)] == sorted(rolling_sizes, reverse=True)
+
+
 @pytest.mark.slow
 def test_a_dask_run_on_two_worker_processes_equals_the_serial_run(history: pd.DataFrame) -> None:
-    split = splitter("2000-08-31")
+    # expanding windows: the cluster starts the folds in another order than theirs (largest first)
+    split = WalkForwardSplit("2000-06-01", "2000-08-31", test_window_days=30, expanding=True)
     serial = backtest(history, split=split)
     ticks: list[tuple[int, int]] = []
     parallel = backtest(history, split=split, workers=2, progress=lambda done, total: ticks.append((done, total)))

@@ -208,6 +208,32 @@ def run_fold(frame: pd.DataFrame, estimator_or_factory: Any, fold: Fold, feature
     return {"predictions": out, "info": info}
 
 
+def dispatch_order(frame: pd.DataFrame, folds: Sequence[Fold]) -> list[int]:
+    """Positions of ``folds`` in the order a cluster should start them: the most training runners first.
+
+    A fold's cost grows with its training window, so an expanding run's last folds are its longest; started
+    last, they would leave the other workers idle at the end (longest-processing-time-first list scheduling
+    bounds that tail by the smallest folds instead). Ties keep fold order. ``frame`` is sorted by date."""
+    dates = frame["date"].to_numpy(dtype="datetime64[D]")
+
+    def n_train_rows(fold: Fold) -> int:
+        lo = np.searchsorted(dates, np.datetime64(fold.train_start, "D"), side="left")
+        hi = np.searchsorted(dates, np.datetime64(fold.train_end, "D"), side="right")
+        return int(hi - lo)
+
+    sizes = [n_train_rows(fold) for fold in folds]
+    return sorted(range(len(folds)), key=lambda i: (-sizes[i], i))
+
+
+def _cluster_slots(client: Any) -> int:
+    """Tasks the cluster runs at once (the threads of its workers), at least one."""
+    try:
+        workers = client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    except Exception:  # a scheduler that does not report its workers: one at a time is still correct
+        return 1
+
+
 def _map_folds(
     frame: pd.DataFrame,
     estimator: Any,
@@ -248,15 +274,31 @@ def _map_folds(
         logger.info("running %d folds on %s", total, client)
         shared = client.scatter(frame, broadcast=True)
         token = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(
-                run_fold, shared, estimator, fold, feature_columns, key=f"fold-{fold.index}-{token}", pure=False
+        # Largest folds first, and only as many in flight as the cluster has threads: each worker takes the
+        # largest fold left when it frees up (submitted all at once, tasks are spread over the workers before
+        # any has run, and an expanding run ended on one worker running its largest fold alone).
+        queue = iter(dispatch_order(frame, folds))
+        position: dict[str, int] = {}
+
+        def submit(i: int) -> Any:
+            future = client.submit(
+                run_fold, shared, estimator, folds[i], feature_columns, key=f"fold-{folds[i].index}-{token}", pure=False
             )
-            for fold in folds
-        ]
-        for done, _future in enumerate(as_completed(futures), start=1):
+            position[future.key] = i
+            return future
+
+        running = as_completed([submit(i) for _, i in zip(range(_cluster_slots(client)), queue, strict=False)])
+        results: list[dict | None] = [None] * total
+        for done, future in enumerate(running, start=1):
+            results[position[future.key]] = future.result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                running.add(submit(nxt))
             say(done, total)
-        return client.gather(futures)
+        missing = [folds[i].index for i, r in enumerate(results) if r is None]
+        if missing:
+            raise BacktestError(f"The cluster returned no result for the fold(s) {missing}.")
+        return results  # type: ignore[return-value]
     finally:
         client.close()
         if cluster is not None:
