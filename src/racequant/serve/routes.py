@@ -133,13 +133,13 @@ class _Served:
     records: list[PredictionRecord]
     ids: list[str]
     latency_ms: float
-    logged: Future[int]  # resolves once the log has committed the rows
+    logged: Future[int]  # resolves once the log's journal holds the rows (DuckDB commits them later)
     queued_at: float
 
 
 def _log(body: RaceRequest, service: Service, started: float, raw: list[dict[str, Any]]) -> _Served:
     """On a worker thread, after the model: shape the records and queue their rows for the log (the caller
-    waits for the commit)."""
+    waits until they are journaled)."""
     records, features = _shape(raw, service)
     latency_ms = (time.perf_counter() - started) * 1000.0
     now = datetime.now(UTC)
@@ -186,7 +186,8 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     served = await _predict_then(body, service, functools.partial(_log, body, service, started))
     records, ids, latency_ms = served.records, served.ids, served.latency_ms
     try:
-        # acknowledged only once committed: a prediction the client sees is a prediction the log keeps
+        # acknowledged only once journaled: a prediction the client sees is a prediction the log keeps (the journal
+        # survives a kill of the server and is replayed into the log at restart; DuckDB commits it off this path)
         await asyncio.wait_for(asyncio.wrap_future(served.logged), LOG_TIMEOUT_S)
     except (TimeoutError, RacequantError) as exc:
         logger.error("prediction log write failed: %s", exc)
