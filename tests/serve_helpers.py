@@ -201,3 +201,18 @@ def qualitative(race_id: str, horse_ids: list[str]) -> list[dict[str, Any]]:
         }
         for i, h in enumerate(horse_ids)
     ]
+
+
+class HangingPredictor(FixturePredictor):
+    """The fixture predictor, except that a race whose id starts with HANG writes the predicting process's id to
+    ``marker`` and hangs (so that a test can kill the model worker process in the middle of a request)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def predict(self, card: RaceCard, as_of: datetime | None) -> list[dict[str, Any]]:
+        if card.race_id.startswith("HANG"):
+            self.marker.write_text(str(os.getpid()))
+            time.sleep(120)
+        return super().predict(card, as_of)

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     predict_workers: int | None = Field(
         default=None, ge=1, description="Threads running the model in the API (default: the cores, at least 2)."
     )
+    predict_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Child processes running the registry model in the API (0: the threads of predict_workers).",
+    )
     predict_max_batch: int = Field(
         default=8, ge=1, description="Most queued race cards one model call takes together in the API (1: none)."
     )

@@ -25,6 +25,7 @@ from racequant.serve.jobs import BacktestJobs, BacktestRunner
 from racequant.serve.limits import BodySizeLimit
 from racequant.serve.metrics import MetricsMiddleware, ServiceMetrics
 from racequant.serve.predictor import Predictor
+from racequant.serve.processes import ProcessPredictionPool, given_predictor
 from racequant.serve.routes import _Unprocessable, router, unprocessable_handler
 from racequant.serve.service import FeatureLookup, Fuser, Service
 from racequant.settings import Settings
@@ -50,11 +51,15 @@ def create_app(
     fuser: Fuser | None = None,
     reference_features: pd.DataFrame | None = _DEFAULT,
     predict_workers: int | None = None,
+    predict_processes: int | None = None,
 ) -> FastAPI:
     """The racequant API. Without ``predictor`` the lifespan loads one from the registry (see ``load_predictor``);
     the other components default to the warehouse at ``settings.db`` (``None`` switches one off).
-    ``predict_workers`` threads run the model (default ``settings.predict_workers``, else the cores, at least 2),
-    each taking up to ``settings.predict_max_batch`` queued cards per model call."""
+
+    ``predict_processes`` child processes run the model (default ``settings.predict_processes``; unset: see
+    ``default_predict_processes`` for the registry model, none for a ``predictor`` passed in, which must then be
+    picklable); with none, ``predict_workers`` threads do (default ``settings.predict_workers``, else the cores,
+    at least 2). Either takes up to ``settings.predict_max_batch`` queued cards per model call."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
 
@@ -73,11 +78,23 @@ def create_app(
         reference = (
             components.reference_features(loaded, settings) if reference_features is _DEFAULT else reference_features
         )
-        pool = PredictionPool(
-            loaded,
-            predict_workers or settings.predict_workers or default_predict_workers(),
-            settings.predict_max_batch,
-        )
+        processes = predict_processes if predict_processes is not None else settings.predict_processes
+        if processes is None:
+            processes = default_predict_processes() if predictor is None else 0
+        pool: PredictionPool | ProcessPredictionPool
+        if processes > 0 and getattr(loaded, "blocking", True):
+            source = (
+                functools.partial(components.load_predictor, settings)
+                if predictor is None
+                else functools.partial(given_predictor, predictor)
+            )
+            pool = ProcessPredictionPool(source, processes, settings.predict_max_batch, log_level=settings.log_level)
+        else:
+            pool = PredictionPool(
+                loaded,
+                predict_workers or settings.predict_workers or default_predict_workers(),
+                settings.predict_max_batch,
+            )
         resources.callback(pool.close)
         metrics.model_info.labels(loaded.model_version, loaded.feature_version).set(1)
         app.state.service = Service(
@@ -113,6 +130,12 @@ def create_app(
 def default_predict_workers() -> int:
     """Threads for the model: one per core (at least 2, so one card's I/O or native call overlaps another's)."""
     return max(2, os.cpu_count() or 1)
+
+
+def default_predict_processes() -> int:
+    """Model worker processes of the registry model when ``RACEQUANT_PREDICT_PROCESSES`` is unset: none yet (the
+    threads), until the benchmark says otherwise."""
+    return 0
 
 
 def run_server(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:

@@ -16,6 +16,7 @@ from racequant.serve.batching import PredictionPool
 from racequant.serve.jobs import BacktestJobs
 from racequant.serve.metrics import ServiceMetrics
 from racequant.serve.predictor import Predictor
+from racequant.serve.processes import ProcessPredictionPool
 from racequant.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,11 @@ class Service:
     feature_lookup: FeatureLookup | None
     reference_features: pd.DataFrame | None
     loaded_at: datetime
-    # the model's worker threads: bounded near the cores (threads beyond them only queue on the GIL, and a
-    # FIFO queue in front of them keeps the tail shorter than 40 threads time-slicing every request)
-    predict_pool: PredictionPool | None = None
+    # the model's worker processes, or threads: bounded near the cores (threads beyond them only queue on the
+    # GIL, and a FIFO queue in front of them keeps the tail shorter than 40 threads time-slicing every request)
+    predict_pool: PredictionPool | ProcessPredictionPool | None = None
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop on every request
     return request.app.state.service
