@@ -859,11 +859,23 @@ def features_for_card(
         if compiled
         else None
     )
-    if out is not None:
-        logger.debug(
-            "Race card %s: %d runners in %.1f ms", race["race_id"], len(out), (time.perf_counter() - started) * 1000
-        )
-        return out
+    path = "compiled"
+    if out is None:
+        path = "SQL"
+        out = _sql_card_features(conn, race, runner_rows, horse_rows, cutoff)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    logger.debug("Race card %s: %d runners in %.1f ms (%s)", race["race_id"], len(out), elapsed_ms, path)
+    return out
+
+
+def _sql_card_features(
+    conn: duckdb.DuckDBPyConnection,
+    race: Mapping[str, Any],
+    runner_rows: list[dict[str, Any]],
+    horse_rows: list[dict[str, Any]],
+    cutoff: date,
+) -> pd.DataFrame:
+    """The card's features from the bulk build's SQL statements (the reference path of ``features_for_card``)."""
     races, runners, horses = _card_frames(race, runner_rows, horse_rows)
     refresh_card_state(conn)
     last_seq, before = _history_before(conn, races.iloc[0], cutoff)
@@ -885,12 +897,6 @@ def features_for_card(
         for key in names:
             conn.unregister(names[key])
     out["race_seq"] = out["race_seq"].astype("int64")
-    logger.debug(
-        "Race card %s: %d runners in %.1f ms",
-        races["race_id"].iloc[0],
-        len(out),
-        (time.perf_counter() - started) * 1000,
-    )
     return out
 
 
