@@ -102,6 +102,13 @@ def test_leaf_tables_give_the_libraries_own_treeshap(
     np.testing.assert_allclose(tables, own, rtol=1e-6, atol=1e-6)
 
 
+def test_the_xgboost_boosters_name_their_features_and_keep_the_categorical_one(fitted: RacePipeline) -> None:
+    # trained on matrices without names (cheaper rounds), then named: the saved model carries them
+    for booster in (fitted.win_boosters_["xgboost"], fitted.place_boosters_["xgboost"]):
+        assert booster.model_.feature_names == FEATURES
+        assert booster.model_.feature_types == ["float"] * (len(FEATURES) - 1) + ["c"]
+
+
 def test_prepared_features_are_refused_by_a_booster_with_other_columns(
     fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:

@@ -387,7 +387,11 @@ class GradientBooster:
 
         def matrix(part: dict[str, Any]) -> Any:
             qid = part["codes"] if self.objective == "rank" else None
-            return xgb.DMatrix(part["X"], label=part["y"], qid=qid, enable_categorical=True)
+            dm = xgb.DMatrix(part["X"], label=part["y"], qid=qid, enable_categorical=True)
+            # trained without names, named after: XGBoost reads and compares the names of every matrix at every
+            # round (~4% of a late backtest fold's XGBoost CPU); the trees and the saved model are the same
+            dm.feature_names = None
+            return dm
 
         dtrain = matrix(train)
         evals = [(matrix(val), "val")] if val is not None else []
@@ -401,6 +405,7 @@ class GradientBooster:
             early_stopping_rounds=self.early_stopping_rounds if evals else None,
             verbose_eval=False,
         )
+        booster.feature_names = list(train["X"].columns)
         self.model_ = booster
         best = getattr(booster, "best_iteration", None)
         self.best_iteration_ = int(best) if best is not None else booster.num_boosted_rounds() - 1
