@@ -125,8 +125,9 @@ def test_replayed_rows_keep_their_values(tmp_path: Path) -> None:
     assert len(stored) == 3
 
 
-def test_a_read_waits_until_acknowledged_predictions_are_committed(tmp_path: Path) -> None:
-    writer = LogWriter(tmp_path / "w.predlog.duckdb").start()
+@pytest.mark.parametrize("fsync", [False, True], ids=["page-cache", "fsync"])
+def test_a_read_waits_until_acknowledged_predictions_are_committed(tmp_path: Path, fsync: bool) -> None:
+    writer = LogWriter(tmp_path / "w.predlog.duckdb", fsync=fsync).start()
     gate = threading.Event()
     try:
         writer.submit(lambda conn: gate.wait(30))  # DuckDB is busy (a checkpoint, a slow commit)

@@ -1,15 +1,17 @@
 """The single writer of the prediction log: served predictions are acknowledged once journaled, and committed to
 DuckDB in larger batches off the request path.
 
-Two threads own the log. The journal thread takes every queued write in turn: a request's predictions
-(``insert_predictions``) are appended to the write-ahead journal beside the log (``racequant.monitor.journal``:
-one ``os.write``, no DuckDB) and their Future resolves right then, so an acknowledged prediction survives a SIGKILL
-(it is in the kernel's page cache; ``fsync=True`` makes it survive a power loss too). Everything then goes, in
-submission order, to the drain thread, which inserts all the queued predictions as one Arrow table in one
-transaction (group commit) and empties the journal once they are committed. Other writes (``submit``: outcomes,
-qualitative records, metrics, alerts) are not journaled: their Future resolves once the drain thread has
-committed them, after every prediction queued before them. ``read`` first waits for the drain thread to commit
-everything queued before it (a flush barrier), so a read sees every acknowledged prediction.
+A request's predictions (``insert_predictions``) are appended to the write-ahead journal beside the log
+(``racequant.monitor.journal``: one ``os.write``, no DuckDB) and their Future resolves right then, so an
+acknowledged prediction survives a SIGKILL (it is in the kernel's page cache). The append is made by the calling
+thread under the writer's lock (no thread hop on the request's path); with ``fsync=True`` a journal thread instead
+appends everything queued meanwhile and fsyncs once per batch, so that acknowledged predictions survive a power
+loss too. Everything then goes, in submission order, to the drain thread, which inserts all the queued predictions
+as one Arrow table in one transaction (group commit) and empties the journal once they are committed. Other
+writes (``submit``: outcomes, qualitative records, metrics, alerts) are not journaled: their Future resolves once
+the drain thread has committed them, after every prediction queued before them. ``read`` first waits for the
+drain thread to commit everything queued before it (a flush barrier), so a read sees every acknowledged
+prediction.
 
 Rows are checked against the log's columns before they are journaled (a bad row fails its own request alone).
 If a group transaction fails, each write is retried alone so that one bad write cannot sink the others; a
@@ -84,7 +86,10 @@ class LogWriter:
     """Owns the prediction log's connection and its journal; every write goes through its two threads.
 
     ``fsync``: fsync the journal after each append (durable across a power loss; costs a disk flush per batch).
-    ``max_batch``: most requests journaled by one append; ``drain_batch``: most writes per DuckDB transaction.
+    ``max_batch``: most requests journaled by one append; ``drain_batch``: most writes per DuckDB transaction;
+    ``drain_interval_s``: how long journaled predictions wait for company before they are committed (fewer, larger
+    DuckDB transactions, after their requests are answered: DuckDB holds the GIL in parts of each commit, which
+    stalls the event loop); a read or another write queued behind them is committed at once.
     """
 
     def __init__(
@@ -94,18 +99,21 @@ class LogWriter:
         *,
         fsync: bool = False,
         drain_batch: int = 4096,
+        drain_interval_s: float = 0.05,
         journal_rotate_bytes: int = 16 * 1024 * 1024,
         read_timeout_s: float = 60.0,
     ) -> None:
         self.path = Path(path)
         self.max_batch = max_batch
         self.drain_batch = drain_batch
+        self.drain_interval_s = drain_interval_s
         self.fsync = fsync
         self.read_timeout_s = read_timeout_s
         self._journal = Journal(self.path, fsync=fsync, rotate_bytes=journal_rotate_bytes)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # bounded: if DuckDB falls far behind, the journal thread (and so the acknowledgements) waits for it
         self._drain: queue.Queue[Any] = queue.Queue(maxsize=8 * drain_batch)
+        self._urgent = threading.Event()  # something other than predictions waits in the drain queue
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -128,9 +136,12 @@ class LogWriter:
             self._conn = None
             raise
         self._threads = [
-            threading.Thread(target=self._run_journal, name="racequant-predlog-journal", daemon=True),
-            threading.Thread(target=self._run_drain, args=(self._conn,), name="racequant-predlog-drain", daemon=True),
+            threading.Thread(target=self._run_drain, args=(self._conn,), name="racequant-predlog-drain", daemon=True)
         ]
+        if self.fsync:  # one thread appends (and fsyncs) everything queued meanwhile: one disk flush per batch
+            self._threads.append(
+                threading.Thread(target=self._run_journal, name="racequant-predlog-journal", daemon=True)
+            )
         for thread in self._threads:
             thread.start()
         logger.info("prediction log writer started on %s (journal fsync: %s)", self.path, self.fsync)
@@ -151,7 +162,10 @@ class LogWriter:
         with self._lock:
             if self._closed or not self._threads:
                 raise LogWriterClosedError("The prediction log writer is closed.")
-            self._queue.put((write, future))
+            if self.fsync:
+                self._queue.put((write, future))
+            else:  # an append to the page cache is cheap: done here, under the lock, saving a thread hop
+                self._journal_batch([(write, future)])
         return future
 
     def flush(self, timeout: float | None = None) -> None:
@@ -178,7 +192,11 @@ class LogWriter:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(_STOP)
+            if self.fsync:
+                self._queue.put(_STOP)  # the journal thread passes it on to the drain thread
+            else:
+                self._drain.put(_STOP)
+                self._urgent.set()
         for thread in self._threads:
             thread.join(timeout)
         if any(t.is_alive() for t in self._threads):
@@ -204,6 +222,7 @@ class LogWriter:
             batch, stopping = take_queued(self._queue, item, self.max_batch, _STOP)
             self._journal_batch(batch)
         self._drain.put(_STOP)
+        self._urgent.set()
 
     def _journal_batch(self, batch: list[tuple[Callable[..., Any], Future[Any]]]) -> None:
         live = [(w, f) for w, f in batch if f.set_running_or_notify_cancel()]
@@ -223,6 +242,8 @@ class LogWriter:
                     write.seq = seq
         for item in live:  # in submission order: a later write or read barrier commits after these rows
             self._drain.put(item)
+            if not isinstance(item[0], _Rows):
+                self._urgent.set()
         for write, future in rows:  # acknowledged: in the journal, on its way to DuckDB
             future.set_result(write.table.num_rows)
 
@@ -234,6 +255,11 @@ class LogWriter:
             item = self._drain.get()
             if item is _STOP:
                 break
+            # predictions (acknowledged already) wait a little for company, and so that their commit, which holds
+            # the GIL in parts, comes after their requests are answered; a read or another write does not wait
+            if isinstance(item[0], _Rows) and self.drain_interval_s > 0:
+                self._urgent.wait(self.drain_interval_s)
+            self._urgent.clear()
             batch, stopping = take_queued(self._drain, item, self.drain_batch, _STOP)
             self._commit(conn, batch)
 
