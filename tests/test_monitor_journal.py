@@ -20,6 +20,7 @@ from racequant.errors import WarehouseError
 from racequant.monitor import daily_metrics
 from racequant.monitor.journal import Journal, JournalError
 from racequant.monitor.writer import LogWriter
+from racequant.settings import Settings
 from racequant.warehouse import prediction_log
 from test_monitor_log import rows
 
@@ -219,3 +220,9 @@ def test_daily_metrics_of_a_killed_server_count_its_journaled_predictions(tmp_pa
     day = datetime(2024, 3, 3, 10, tzinfo=UTC)
     prediction_log.journal_path(log).write_bytes(prediction_log.encode_journal_record(rows("M", 9, day)))
     assert daily_metrics(log, "2024-03-03", store=True)["n_predictions"] == 9
+
+
+def test_journal_fsync_is_the_predlog_fsync_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().predlog_fsync is False
+    monkeypatch.setenv("RACEQUANT_PREDLOG_FSYNC", "true")
+    assert Settings().predlog_fsync is True

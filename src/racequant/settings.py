@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     predlog: Path | None = Field(
         default=None, description="DuckDB file of the prediction log (default: <db stem>.predlog.duckdb beside db)."
     )
+    predlog_fsync: bool = Field(
+        default=False,
+        description="fsync the prediction journal at each append: acknowledged predictions then survive a power "
+        "loss too, not only a kill of the server (costs a disk flush per batch of requests).",
+    )
     max_runners: int = Field(default=24, ge=1, description="Most runners accepted in one race.")
     max_past_runs: int = Field(default=50, ge=0, description="Most past runs accepted per horse in a request.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body accepted, in bytes.")

@@ -69,7 +69,7 @@ def create_app(
 
         resources = ExitStack()
         loaded = predictor if predictor is not None else components.load_predictor(settings, resources)
-        writer = LogWriter(settings.predlog_path()).start()
+        writer = LogWriter(settings.predlog_path(), fsync=settings.predlog_fsync).start()
         resources.callback(writer.close)
         runner = components.default_backtest_runner(settings) if backtest_runner is _DEFAULT else backtest_runner
         jobs = BacktestJobs(runner)
