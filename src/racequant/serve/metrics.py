@@ -41,7 +41,7 @@ class ServiceMetrics:
         )
         self.log_write = Histogram(
             "racequant_prediction_log_commit_seconds",
-            "Wait for the prediction log to commit a request's predictions.",
+            "Wait until a request's predictions are in the prediction log's journal (the log commits them later).",
             buckets=_BUCKETS,
             registry=self.registry,
         )

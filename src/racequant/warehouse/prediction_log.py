@@ -315,8 +315,8 @@ def _replay_before_reading(path: Path) -> None:
         conn = connect_log(path)  # replays
     except (WarehouseError, OSError) as exc:
         logger.warning(
-            "the prediction journal beside %s holds predictions not yet in the log, and it could not be replayed "
-            "(%s): they are replayed when the server or a writing command next opens the log",
+            "the prediction journal beside %s is not empty and could not be replayed here (%s): a running server "
+            "drains it itself; else it is replayed when the server or a writing command next opens the log",
             path,
             exc,
         )
