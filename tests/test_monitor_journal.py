@@ -226,3 +226,20 @@ def test_journal_fsync_is_the_predlog_fsync_setting(monkeypatch: pytest.MonkeyPa
     assert Settings().predlog_fsync is False
     monkeypatch.setenv("RACEQUANT_PREDLOG_FSYNC", "true")
     assert Settings().predlog_fsync is True
+
+
+def test_a_journal_its_own_process_is_writing_is_not_replayed_under_the_writer(tmp_path: Path) -> None:
+    log = tmp_path / "own.predlog.duckdb"
+    writer = LogWriter(log).start()
+    gate = threading.Event()
+    try:
+        writer.submit(lambda conn: gate.wait(30))
+        writer.insert_predictions(rows("OWN", 6)).result(10)
+        with duckdb.connect(str(log)) as other:  # the same database instance, as another opening in-process gets
+            assert prediction_log.replay_journal(other, log) == 0
+        gate.set()
+        assert writer.read(prediction_log.prediction_count) == 6
+    finally:
+        gate.set()
+        writer.close()
+    assert _count(log) == (6, 6)

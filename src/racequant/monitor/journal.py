@@ -50,6 +50,7 @@ class Journal:
             raise JournalError(f"The prediction journal {self.path} was not replayed before it was opened.")
         self._fd = self._open_active()
         self._size = 0
+        prediction_log.own_journal(self.log_path)
         return self
 
     def _open_active(self) -> int:
@@ -110,3 +111,4 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+                prediction_log.own_journal(self.log_path, owned=False)

@@ -213,6 +213,19 @@ def journal_path(log_path: Path | str) -> Path:
     return log_path.with_name(f"{log_path.name}.journal")
 
 
+# journals appended to by a live writer of this process: replaying one under it would insert its rows twice
+_OWNED_JOURNALS: set[Path] = set()
+
+
+def own_journal(log_path: Path | str, owned: bool = True) -> None:
+    """Mark the log's journal as appended to (or, ``owned=False``, no longer) by a writer of this process."""
+    key = journal_path(log_path).resolve()
+    if owned:
+        _OWNED_JOURNALS.add(key)
+    else:
+        _OWNED_JOURNALS.discard(key)
+
+
 def journal_segments(log_path: Path | str) -> list[Path]:
     """The journal's files in write order: the sealed segments ``<log>.journal.<n>`` by n, then the active one."""
     active = journal_path(log_path)
@@ -279,6 +292,8 @@ def replay_journal(conn: duckdb.DuckDBPyConnection, log_path: Path | str) -> int
     """Move the journal's predictions into the log (those whose prediction_id is not there yet), commit, then empty
     the journal. Idempotent: a kill between the commit and the emptying only replays rows that are then skipped.
     Returns how many rows were inserted."""
+    if journal_path(log_path).resolve() in _OWNED_JOURNALS:
+        return 0  # this process's writer drains it
     paths = journal_segments(log_path)
     rows = read_journal(paths) if any(p.stat().st_size for p in paths) else []
     inserted = 0
@@ -309,7 +324,7 @@ def replay_journal(conn: duckdb.DuckDBPyConnection, log_path: Path | str) -> int
 
 def _replay_before_reading(path: Path) -> None:
     """Before a read-only opening: replay a journal a killed server left (needs the log writable; else warn)."""
-    if not any(p.stat().st_size for p in journal_segments(path)):
+    if journal_path(path).resolve() in _OWNED_JOURNALS or not any(p.stat().st_size for p in journal_segments(path)):
         return
     try:
         conn = connect_log(path)  # replays
