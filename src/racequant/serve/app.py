@@ -88,7 +88,9 @@ def create_app(
                 if predictor is None
                 else functools.partial(given_predictor, predictor)
             )
-            pool = ProcessPredictionPool(source, processes, settings.predict_max_batch, log_level=settings.log_level)
+            # the children log like this process: at the level its racequant loggers were set to (the CLI's)
+            level = logging.getLevelName(logging.getLogger("racequant").getEffectiveLevel())
+            pool = ProcessPredictionPool(source, processes, settings.predict_max_batch, log_level=level)
         else:
             pool = PredictionPool(
                 loaded,
