@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,16 @@ from serve_helpers import FixturePredictor, HangingPredictor, ThreadServer, race
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, exited but not yet reaped by whoever adopted it, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _pool(server: ThreadServer, app: Any) -> ProcessPredictionPool:
@@ -117,3 +124,32 @@ def test_no_worker_process_outlives_the_app(tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         assert r.json()["predictions"][0]["horse_id"] == "Q1-H0"
     assert not any(_alive(p) for p in pids)
+
+
+def test_the_workers_exit_when_the_server_is_killed(tmp_path: Path) -> None:
+    code = (
+        "import functools, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from serve_helpers import FixturePredictor\n"
+        "from racequant.serve.processes import ProcessPredictionPool, given_predictor\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPredictionPool(functools.partial(given_predictor, FixturePredictor()), 2)\n"
+        "    print(' '.join(map(str, pool.pids)), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    script = tmp_path / "server.py"
+    script.write_text(code)
+    server = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        pids = [int(p) for p in server.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        server.send_signal(signal.SIGKILL)  # no lifespan exit, no clean-up: the children see their pipe close
+        server.wait(10)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        server.kill()
+        server.wait(10)
