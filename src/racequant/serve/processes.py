@@ -313,15 +313,16 @@ class ProcessPredictionPool:
             )
         old.stop(1)
         while not self._closed:
-            child = self._spawn()
+            child = self._children[k] = self._spawn()  # in the list at once: ``close`` stops it even while it loads
             try:
                 child.wait_ready(self.start_timeout)
-            except PredictionWorkerStartError:
+            except (PredictionWorkerStartError, OSError):
+                if self._closed:  # ``close`` stopped it
+                    return
                 logger.exception("a replacement model worker failed to start; trying again")
                 child.stop(1)
                 time.sleep(_RESTART_DELAY_S)
                 continue
-            self._children[k] = child
             with self._lock:
                 self.replaced += 1
             logger.info("model worker %s replaces %s", child.pid, old.process.pid)
