@@ -125,7 +125,37 @@ def test_the_slices_follow_time_and_validation_metrics_are_recorded(fitted: Race
     w = fitted.training_window_
     assert w["start"] <= w["train_end"] < w["validation_end"] < w["end"]
     assert fitted.validation_metrics_["place_method"] in ("harville", "direct")
-    assert set(fitted.validation_metrics_["blend_weights"]) == {"catboost", "lightgbm", "xgboost"}
+    libs = ("catboost", "lightgbm", "xgboost")
+    assert set(fitted.validation_metrics_["blend_weights"]) == {*libs, *(f"{lib}_place" for lib in libs)}
+
+
+def test_the_blend_pools_the_place_boosters_scores_and_the_explanations_add_up_to_it(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    _, test = history
+    race = test["race_id"].to_numpy()
+    codes, n_races = race_codes(race)
+    members = [(lib, b) for lib, b in fitted.win_boosters_.items()]
+    members += [(f"{lib}_place", b) for lib, b in fitted.place_boosters_.items()]
+    scores = {name: b.decision_function(test[FEATURES]) for name, b in members}
+    # the blend is the softmax of sum_m w_m / T_m * score_m: each place booster enters it like a win booster
+    log_score = sum(
+        w / fitted.softmax_[name].temperature_ * scores[name]
+        for w, (name, _) in zip(fitted.blend_.weights_, members, strict=True)
+    )
+    np.testing.assert_allclose(
+        fitted.predict(test, explain=False)["win_prob_base"], race_softmax(log_score, codes, n_races), rtol=1e-9
+    )
+    # the explanations are the TreeSHAP contributions of that same log-score (up to each booster's base value)
+    contrib = fitted.contributions(test).sum(axis=1)
+    centred = log_score - contrib
+    assert np.ptp(centred) < 1e-6 * max(1.0, np.abs(log_score).max())
+    # without the place boosters the blend has the three win boosters only
+    train, _ = history
+    win_only = RacePipeline(
+        n_estimators=15, learning_rate=0.2, max_depth=3, n_bootstrap=5, min_group_size=500, blend_place_scores=False
+    ).fit(train, FEATURES)
+    assert set(win_only.validation_metrics_["blend_weights"]) == set(fitted.win_boosters_)
 
 
 def test_the_market_is_refused_as_a_feature(history: tuple[pd.DataFrame, pd.DataFrame]) -> None:

@@ -5,7 +5,9 @@ each strictly before the next:
 
 1. train: the six boosters (win and place for CatBoost, LightGBM and XGBoost);
 2. validation: early stopping, softmax temperatures, blend weights and the Harville exponents; then (by
-   default) each booster is refit on train + validation with its early-stopped number of trees;
+   default) each booster is refit on train + validation with its early-stopped number of trees. The blend
+   pools the three win boosters and (by default, ``blend_place_scores``) the three place boosters' scores as
+   win probabilities: top-3 finishes carry three times the outcomes of wins about the same ability;
 3. calibration: the choice between Harville and direct place, isotonic calibrators and interval bands.
 
 ``predict(frame)`` returns one row per runner with per-model and blended win probabilities, calibrated win
@@ -181,6 +183,7 @@ class RacePipeline:
         booster_params: dict[str, dict[str, Any]] | None = None,
         rank_relevance: str = "graded",
         refit_on_validation: bool = True,
+        blend_place_scores: bool = True,
         feature_manifest_hash: str | None = None,
     ) -> None:
         self.libraries = libraries
@@ -208,6 +211,7 @@ class RacePipeline:
         self.booster_params = booster_params
         self.rank_relevance = rank_relevance
         self.refit_on_validation = refit_on_validation
+        self.blend_place_scores = blend_place_scores
         self.feature_manifest_hash = feature_manifest_hash
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -229,11 +233,11 @@ class RacePipeline:
                 "The 'place_method' parameter of RacePipeline must be one of ('auto', 'harville', 'direct'). "
                 f"Got {self.place_method!r} instead."
             )
-        if not isinstance(self.refit_on_validation, bool):
-            raise ValueError(
-                "The 'refit_on_validation' parameter of RacePipeline must be a bool. "
-                f"Got {self.refit_on_validation!r} instead."
-            )
+        for name in ("refit_on_validation", "blend_place_scores"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"The '{name}' parameter of RacePipeline must be a bool. Got {getattr(self, name)!r} instead."
+                )
         if self.rank_relevance not in ("win", "graded"):
             raise ValueError(
                 "The 'rank_relevance' parameter of RacePipeline must be one of ('win', 'graded'). "
@@ -281,6 +285,13 @@ class RacePipeline:
             n_jobs=self.n_jobs,
             params=params or None,
         )
+
+    def _members(self) -> list[str]:
+        """Names of the blend's members: each win booster, then (with ``blend_place_scores``) each place booster."""
+        names = list(self.win_boosters_)
+        if self.blend_place_scores:
+            names += [f"{lib}_place" for lib in self.place_boosters_]
+        return names
 
     def _groups(self, frame: pd.DataFrame) -> np.ndarray | None:
         if self.calibration_group is None:
@@ -368,7 +379,12 @@ class RacePipeline:
             scores = booster.decision_function(X[va])
             self.softmax_[lib] = RaceSoftmax().fit(scores, won[va], race[va])
             val_probs.append(self.softmax_[lib].predict_proba(scores, race[va]))
-        self.blend_ = LogLinearPool(names=list(self.win_boosters_)).fit(val_probs, won[va], race[va])
+        if self.blend_place_scores:
+            for lib, booster in self.place_boosters_.items():
+                scores = booster.decision_function(X[va])
+                self.softmax_[f"{lib}_place"] = RaceSoftmax().fit(scores, won[va], race[va])
+                val_probs.append(self.softmax_[f"{lib}_place"].predict_proba(scores, race[va]))
+        self.blend_ = LogLinearPool(names=self._members()).fit(val_probs, won[va], race[va])
         p_val = self.blend_.predict_proba(val_probs, race[va])
         self.harville_ = DiscountedHarville().fit(p_val, pos[va], race[va])
 
@@ -431,7 +447,7 @@ class RacePipeline:
             "place_log_loss": self.place_log_loss_,
             "place_method": self.place_method_,
             "harville": {"g": self.harville_.g_, "d": self.harville_.d_},
-            "blend_weights": dict(zip(self.win_boosters_, map(float, self.blend_.weights_), strict=True)),
+            "blend_weights": dict(zip(self._members(), map(float, self.blend_.weights_), strict=True)),
             "temperatures": {lib: s.temperature_ for lib, s in self.softmax_.items()},
             "best_iterations": {
                 f"{lib}_{t}": b.best_iteration_ + 1
@@ -472,9 +488,14 @@ class RacePipeline:
             p = self.softmax_[lib].predict_proba(booster.decision_function(inputs(booster)), race)
             out[f"{lib}_win"] = p
             probs.append(p)
+        # each place booster scored once: its logit gives the direct place probability and, when the blend takes
+        # the place boosters too, their race-softmax win probability
+        place_scores = {lib: b.decision_function(inputs(b)) for lib, b in self.place_boosters_.items()}
+        if getattr(self, "blend_place_scores", False):
+            probs += [self.softmax_[f"{lib}_place"].predict_proba(s, race) for lib, s in place_scores.items()]
         out["win_prob_base"] = self.blend_.predict_proba(probs, race)
         out["place_prob_harville"] = self.harville_.predict_place(out["win_prob_base"], race)
-        direct = np.mean([b.predict_proba(inputs(b)) for b in self.place_boosters_.values()], axis=0)
+        direct = np.mean([1.0 / (1.0 + np.exp(-s)) for s in place_scores.values()], axis=0)
         out["place_prob_direct"] = normalise_places(direct, race)
         return pd.DataFrame(out, index=frame.index)
 
@@ -538,9 +559,12 @@ class RacePipeline:
             raise method_order_error("fit", "contributions")
         inputs = inputs or self._inputs(frame)
         total = np.zeros((len(frame), len(self.feature_columns_)))
-        for weight, (lib, booster) in zip(self.blend_.weights_, self.win_boosters_.items(), strict=True):
+        members = list(self.win_boosters_.items())
+        if getattr(self, "blend_place_scores", False):
+            members += [(f"{lib}_place", b) for lib, b in self.place_boosters_.items()]
+        for weight, (name, booster) in zip(self.blend_.weights_, members, strict=True):
             if weight != 0:
-                total += weight / self.softmax_[lib].temperature_ * booster.contributions(inputs(booster))
+                total += weight / self.softmax_[name].temperature_ * booster.contributions(inputs(booster))
         return total
 
     def top_features(

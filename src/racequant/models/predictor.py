@@ -169,7 +169,8 @@ class Predictor:
     def warm_up(self) -> Predictor:
         """Build what the first card would otherwise wait for: the win boosters' leaf tables (explanations)."""
         started = time.perf_counter()
-        for booster in self.pipeline.win_boosters_.values():
+        place = self.pipeline.place_boosters_.values() if getattr(self.pipeline, "blend_place_scores", False) else ()
+        for booster in [*self.pipeline.win_boosters_.values(), *place]:
             booster.leaf_tables()
         logger.info("model %s warmed up in %.2f s", self.model_version, time.perf_counter() - started)
         return self
