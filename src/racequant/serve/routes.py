@@ -190,7 +190,9 @@ async def quantify(body: RaceRequest, service: ServiceDep) -> Response:
     try:
         # acknowledged only once journaled: a prediction the client sees is a prediction the log keeps (the journal
         # survives a kill of the server and is replayed into the log at restart; DuckDB commits it off this path)
-        await asyncio.wait_for(asyncio.wrap_future(served.logged), LOG_TIMEOUT_S)
+        if not served.logged.done():  # usually done already: the worker journaled the rows (no loop round trip)
+            await asyncio.wait_for(asyncio.wrap_future(served.logged), LOG_TIMEOUT_S)
+        served.logged.result()
     except (TimeoutError, RacequantError) as exc:
         logger.error("prediction log write failed: %s", exc)
         raise ServiceUnavailableError("The prediction log cannot store predictions now; nothing was served.") from exc
