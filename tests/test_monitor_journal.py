@@ -243,3 +243,19 @@ def test_a_journal_its_own_process_is_writing_is_not_replayed_under_the_writer(t
         gate.set()
         writer.close()
     assert _count(log) == (6, 6)
+
+
+def test_a_second_writer_of_the_same_log_in_one_process_is_refused(tmp_path: Path) -> None:
+    log = tmp_path / "two.predlog.duckdb"
+    first = LogWriter(log).start()
+    try:
+        with pytest.raises(WarehouseError, match="already has a writer"):
+            LogWriter(log).start()
+        assert first.insert_predictions(rows("T", 2)).result(10) == 2
+    finally:
+        first.close()
+    second = LogWriter(log).start()  # the first one is closed: now it may
+    try:
+        assert second.read(prediction_log.prediction_count) == 2
+    finally:
+        second.close()

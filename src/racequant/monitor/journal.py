@@ -45,12 +45,15 @@ class Journal:
         self._next_segment = 1
 
     def open(self) -> Journal:
-        existing = prediction_log.journal_segments(self.log_path)
-        if any(p.stat().st_size for p in existing):
-            raise JournalError(f"The prediction journal {self.path} was not replayed before it was opened.")
-        self._fd = self._open_active()
+        prediction_log.own_journal(self.log_path)  # refused if another writer of this process has it
+        try:
+            if any(p.stat().st_size for p in prediction_log.journal_segments(self.log_path)):
+                raise JournalError(f"The prediction journal {self.path} was not replayed before it was opened.")
+            self._fd = self._open_active()
+        except BaseException:
+            prediction_log.own_journal(self.log_path, owned=False)
+            raise
         self._size = 0
-        prediction_log.own_journal(self.log_path)
         return self
 
     def _open_active(self) -> int:

@@ -218,12 +218,15 @@ _OWNED_JOURNALS: set[Path] = set()
 
 
 def own_journal(log_path: Path | str, owned: bool = True) -> None:
-    """Mark the log's journal as appended to (or, ``owned=False``, no longer) by a writer of this process."""
+    """Mark the log's journal as appended to (or, ``owned=False``, no longer) by a writer of this process; a
+    second writer of the same log in this process is refused (each would empty the journal under the other)."""
     key = journal_path(log_path).resolve()
-    if owned:
-        _OWNED_JOURNALS.add(key)
-    else:
+    if not owned:
         _OWNED_JOURNALS.discard(key)
+    elif key in _OWNED_JOURNALS:
+        raise WarehouseError(f"The prediction log {Path(log_path).name} already has a writer in this process.")
+    else:
+        _OWNED_JOURNALS.add(key)
 
 
 def journal_segments(log_path: Path | str) -> list[Path]:
