@@ -339,13 +339,13 @@ def test_a_race_whose_book_is_under_one_is_missing_runners_and_is_neither_scored
     assert out.loc[out["race_id"] == "B", "market_prob"].isna().all()
 
 
-def test_the_backtest_estimator_is_the_pipeline_default_without_catboost() -> None:
+def test_the_backtest_estimator_is_the_pipeline_default_with_lightgbm_only() -> None:
     from racequant.backtest.api import default_estimator
     from racequant.models.pipeline import RacePipeline
 
     est = default_estimator(n_jobs=1)
     default = RacePipeline()
-    assert tuple(est.libraries) == ("lightgbm", "xgboost") and est.n_jobs == 1
+    assert tuple(est.libraries) == ("lightgbm",) and est.n_jobs == 1
     for name in ("learning_rate", "n_estimators", "early_stopping_rounds", "max_depth", "booster_params"):
         assert getattr(est, name) == getattr(default, name)
     assert tuple(default_estimator(libraries=("catboost",)).libraries) == ("catboost",)

@@ -219,7 +219,19 @@ def test_qual_import_then_fuse_a_card_with_the_model(trained_model: TrainedModel
 def test_backtest_writes_the_report_and_the_headline_beside_the_market(
     trained_model: TrainedModel,  # noqa: F811
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import racequant.backtest.api as backtest_api
+
+    seen: list[tuple[str, ...]] = []
+    default_estimator = backtest_api.default_estimator
+
+    def recording(**params: object) -> object:
+        estimator = default_estimator(**params)
+        seen.append(tuple(estimator.libraries))
+        return estimator
+
+    monkeypatch.setattr(backtest_api, "default_estimator", recording)
     db = _copy_warehouse(trained_model, tmp_path)
     out = tmp_path / "bt"
     first_day = trained_model.cut.isoformat()
@@ -239,16 +251,37 @@ def test_backtest_writes_the_report_and_the_headline_beside_the_market(
         "1",
         "--n-estimators",
         "40",
+        "--libraries",
+        "lightgbm,xgboost",
         "--db",
         str(db),
         "--json",
     )
     assert result.exit_code == 0, result.output
+    assert seen == [("lightgbm", "xgboost")]  # --libraries reached the per-fold pipeline
     metrics = json.loads(result.stdout)["metrics"]
     assert metrics["n_races"] >= 1
     assert 0 < metrics["market_pseudo_r2"] < 1  # the market is scored on the same races
     for name in ("metrics.json", "report.html", "predictions.parquet"):
         assert (out / name).is_file()
+
+
+def test_backtest_refuses_an_unknown_library(tmp_path: Path) -> None:
+    result = _invoke(
+        "backtest",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2020-02-01",
+        "--out",
+        str(tmp_path / "bt"),
+        "--libraries",
+        "lightgbm,sklearn",
+        "--db",
+        str(tmp_path / "w.duckdb"),
+    )
+    assert result.exit_code != 0
+    assert "--libraries" in result.output and "sklearn" in result.output
 
 
 def test_backtest_refuses_workers_and_scheduler_together(tmp_path: Path) -> None:

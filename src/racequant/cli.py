@@ -518,6 +518,13 @@ def backtest(
         str, typer.Option("--bet-on", help="Probabilities the Kelly bets use: combined or fundamental.")
     ] = "combined",
     kelly_fraction: Annotated[float, typer.Option("--kelly-fraction", help="Fraction of full Kelly.")] = 0.25,
+    libraries: Annotated[
+        str | None,
+        typer.Option(
+            "--libraries",
+            help="Boosters per fold, comma-separated from catboost, lightgbm, xgboost [default: lightgbm].",
+        ),
+    ] = None,
     n_estimators: NEstimatorsOption = None,
     learning_rate: LearningRateOption = None,
     n_jobs: NJobsOption = None,
@@ -548,6 +555,16 @@ def backtest(
     params = _booster_params(n_estimators, learning_rate, n_jobs)
     if parallel:  # worker processes share the cores: one thread per booster unless asked otherwise
         params.setdefault("n_jobs", 1)
+    if libraries is not None:
+        from racequant.models.boosters import LIBRARIES
+
+        chosen = tuple(dict.fromkeys(x.strip().lower() for x in libraries.split(",") if x.strip()))
+        unknown = [x for x in chosen if x not in LIBRARIES]
+        if unknown or not chosen:
+            raise typer.BadParameter(
+                f"choose one or more of {', '.join(LIBRARIES)} (got {libraries!r})", param_hint="--libraries"
+            )
+        params["libraries"] = chosen
     estimator = default_estimator(**params)
     betting = BettingConfig(probabilities=probabilities, staking=KellyStaking(fraction=kelly_fraction))
     with _progress() as progress, connect(_settings(db).db) as conn:
