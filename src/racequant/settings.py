@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     predict_processes: int | None = Field(
         default=None,
         ge=0,
-        description="Child processes running the registry model in the API (0: the threads of predict_workers).",
+        description="Child processes running the registry model in the API (default 2 on 2+ cores; 0: the threads).",
     )
     predict_max_batch: int = Field(
         default=8, ge=1, description="Most queued race cards one model call takes together in the API (1: none)."

@@ -135,9 +135,14 @@ def default_predict_workers() -> int:
 
 
 def default_predict_processes() -> int:
-    """Model worker processes of the registry model when ``RACEQUANT_PREDICT_PROCESSES`` is unset: none yet (the
-    threads), until the benchmark says otherwise."""
-    return 0
+    """Model worker processes of the registry model when ``RACEQUANT_PREDICT_PROCESSES`` is unset: two on a machine
+    with two cores or more, else none (the threads).
+
+    Measured on 2 quiet cores (BENCHMARKS.md, 2026-11-27 10:55-11:04 UTC, HK model, 20 clients): two processes
+    served 55.3 cards/s at saturation against 35.2 for the threads of one process (the GIL kept it on one core),
+    and cut the open-loop p99 at 10 and 20 requests/s from 229 / 502 ms to 105 / 171 ms. More than two gave
+    nothing more on two cores in the helper's runs; a bigger machine can set the variable."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
 
 
 def run_server(settings: Settings | None = None, host: str | None = None, port: int | None = None) -> None:
