@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from racequant.calibration.lifecycle import method_order_error
-from racequant.models.pipeline import normalise_places, time_slices
+from racequant.models.pipeline import normalise_places, slice_masks, time_slices
 from racequant.models.place import harville_place_probabilities, placed_from_positions
 from racequant.models.race import RaceSoftmax, race_codes, race_softmax
 
@@ -102,7 +102,7 @@ class ConditionalLogitPipeline:
             self.validation_max_days,
             self.calibration_max_days,
         )
-        tr, va, ca = dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
+        tr, va, ca = slice_masks(dates, train_end, val_end)
         self.feature_columns_ = [str(c) for c in feature_columns]
         self.training_window_ = {
             "start": str(dates.min().date()),

@@ -153,6 +153,15 @@ def time_slices(
     return pd.Timestamp(per_day.index[cuts[0]]), pd.Timestamp(per_day.index[cuts[1]])
 
 
+def slice_masks(
+    dates: pd.Series, train_end: pd.Timestamp, val_end: pd.Timestamp
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Boolean masks (train, validation, calibration) of runners by their race date, for the cut dates of
+    ``time_slices``: train up to ``train_end``, validation after it up to ``val_end``, calibration after that."""
+    dates = pd.to_datetime(dates)
+    return dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
+
+
 class RacePipeline:
     """Fundamental features -> calibrated race-level win and place probabilities (sklearn contract)."""
 
@@ -334,7 +343,7 @@ class RacePipeline:
             self.validation_max_days,
             self.calibration_max_days,
         )
-        tr, va, ca = dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
+        tr, va, ca = slice_masks(dates, train_end, val_end)
         self.feature_columns_ = feature_columns
         self.training_window_ = {
             "start": str(dates.min().date()),
