@@ -39,45 +39,70 @@ class _Job:
     future: Future[Any] = field(default_factory=Future)
 
 
-class PredictionPool:
-    """``workers`` threads running ``predictor``; ``submit`` queues one card and returns the Future of
-    ``finish(records)``. Predictors with ``predict_many([(card, as_of), ...])`` get up to ``max_batch`` cards per
-    call; others one card per ``predict`` call."""
+class JobQueue:
+    """What both pools share: the queue of cards, ``submit``, and stopping the threads that serve it.
 
-    def __init__(self, predictor: Predictor, workers: int, max_batch: int = 8) -> None:
-        if workers < 1 or max_batch < 1:
-            raise ValueError(f"PredictionPool needs workers >= 1 and max_batch >= 1. Got {workers}, {max_batch}.")
-        self.predictor = predictor
-        self.max_batch = max_batch if callable(getattr(predictor, "predict_many", None)) else 1
+    A subclass sets ``_what`` (named in the error once stopped), creates its threads with ``_start_threads`` and
+    stops them with ``_stop_threads`` in its ``close``."""
+
+    _what = "The model's workers are"
+
+    def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        self._threads: list[threading.Thread] = []
         self.batches = 0
         self.cards = 0
-        self._threads = [
-            threading.Thread(target=self._run, name=f"racequant-predict-{k}", daemon=True) for k in range(workers)
-        ]
-        for thread in self._threads:
+
+    def _start_threads(self, threads: list[threading.Thread]) -> None:
+        self._threads = threads
+        for thread in threads:
             thread.start()
 
     def submit(self, card: Any, as_of: datetime | None, finish: Callable[[list[dict[str, Any]]], Any]) -> Future[Any]:
+        """Queue one card; the Future resolves with ``finish(records)`` (or the error)."""
         job = _Job(card, as_of, finish)
         with self._lock:
             if self._closed:
-                raise PredictionPoolClosedError("The model's worker threads are stopped.")
+                raise PredictionPoolClosedError(f"{self._what} stopped.")
             self._queue.put(job)
         return job.future
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Finish the queued cards, then stop the threads."""
+    def _stop_threads(self, timeout: float) -> bool:
+        """Let the threads finish the queued cards and stop; False when the pool was closed already."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
             for _ in self._threads:
                 self._queue.put(_STOP)
         for thread in self._threads:
             thread.join(timeout)
+        return True
+
+
+class PredictionPool(JobQueue):
+    """``workers`` threads running ``predictor``; ``submit`` queues one card and returns the Future of
+    ``finish(records)``. Predictors with ``predict_many([(card, as_of), ...])`` get up to ``max_batch`` cards per
+    call; others one card per ``predict`` call."""
+
+    _what = "The model's worker threads are"
+
+    def __init__(self, predictor: Predictor, workers: int, max_batch: int = 8) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError(f"PredictionPool needs workers >= 1 and max_batch >= 1. Got {workers}, {max_batch}.")
+        super().__init__()
+        self.predictor = predictor
+        self.max_batch = max_batch if callable(getattr(predictor, "predict_many", None)) else 1
+        self._start_threads(
+            [threading.Thread(target=self._run, name=f"racequant-predict-{k}", daemon=True) for k in range(workers)]
+        )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish the queued cards, then stop the threads."""
+        if not self._stop_threads(timeout):
+            return
         logger.info("prediction pool closed: %d cards in %d model calls", self.cards, self.batches)
 
     # --- the worker threads ---

@@ -21,12 +21,10 @@ import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from contextlib import ExitStack, suppress
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -35,7 +33,7 @@ from typing import Any
 
 from racequant.errors import RacequantError
 from racequant.monitor.writer import take_queued
-from racequant.serve.batching import PredictionPoolClosedError, _Job
+from racequant.serve.batching import _STOP, JobQueue, _Job
 from racequant.serve.errors import ServiceUnavailableError
 from racequant.serve.predictor import Predictor
 
@@ -44,7 +42,6 @@ logger = logging.getLogger(__name__)
 # builds the child's predictor; resources it opens (the warehouse connection) go on the ExitStack
 PredictorSource = Callable[[ExitStack], Predictor]
 
-_STOP = object()
 _RESTART_DELAY_S = 1.0
 
 
@@ -163,9 +160,11 @@ class _Child:
             self.process.join(5)
 
 
-class ProcessPredictionPool:
+class ProcessPredictionPool(JobQueue):
     """``processes`` children running the predictor built by ``source``; ``submit`` queues one card and returns the
     Future of ``finish(records)`` (run on the server, in the dispatcher thread of the child that predicted it)."""
+
+    _what = "The model's worker processes are"
 
     def __init__(
         self,
@@ -180,16 +179,12 @@ class ProcessPredictionPool:
             raise ValueError(
                 f"ProcessPredictionPool needs processes >= 1 and max_batch >= 1. Got {processes}, {max_batch}."
             )
+        super().__init__()
         self.source = source
         self.max_batch = max_batch
         self.log_level = log_level
         self.start_timeout = start_timeout
         self._context = multiprocessing.get_context("spawn")
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.batches = 0
-        self.cards = 0
         self.replaced = 0
         started = time.perf_counter()
         self._children: list[_Child] = [self._spawn() for _ in range(processes)]
@@ -206,36 +201,22 @@ class ProcessPredictionPool:
             time.perf_counter() - started,
             ", ".join(str(c.pid) for c in self._children),
         )
-        self._threads = [
-            threading.Thread(target=self._run, args=(k,), name=f"racequant-predict-process-{k}", daemon=True)
-            for k in range(processes)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._start_threads(
+            [
+                threading.Thread(target=self._run, args=(k,), name=f"racequant-predict-process-{k}", daemon=True)
+                for k in range(processes)
+            ]
+        )
 
     @property
     def pids(self) -> list[int]:
         """The worker processes' ids (a replaced child's successor included)."""
         return [c.process.pid for c in self._children if c.process.pid is not None]
 
-    def submit(self, card: Any, as_of: datetime | None, finish: Callable[[list[dict[str, Any]]], Any]) -> Future[Any]:
-        job = _Job(card, as_of, finish)
-        with self._lock:
-            if self._closed:
-                raise PredictionPoolClosedError("The model's worker processes are stopped.")
-            self._queue.put(job)
-        return job.future
-
     def close(self, timeout: float = 30.0) -> None:
         """Finish the queued cards, then stop the dispatchers and the children."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            for _ in self._threads:
-                self._queue.put(_STOP)
-        for thread in self._threads:
-            thread.join(timeout)
+        if not self._stop_threads(timeout):
+            return
         for child in self._children:
             child.stop(timeout)
         logger.info(
