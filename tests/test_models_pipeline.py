@@ -96,10 +96,71 @@ def test_leaf_tables_give_the_libraries_own_treeshap(
     X.loc[X.index[:5], "f0"] = np.nan
     X["going"] = X["going"].astype(object)
     X.loc[X.index[5:8], "going"] = None
-    assert booster.leaf_tables() is not None
+    leaf_tables = booster.leaf_tables()
+    assert leaf_tables is not None
     tables, own = booster.contributions(X), booster.contributions(X, library=True)
     assert np.abs(own).max() > 0
     np.testing.assert_allclose(tables, own, rtol=1e-6, atol=1e-6)
+    # the compiled kernel against the numpy reference it replaced (only the summation order may differ)
+    prepared = booster.prepare(X)
+    source = booster._catboost_pool(prepared) if library == "catboost" else prepared.values
+    reference = leaf_tables.contributions(source, kernel=False)
+    np.testing.assert_allclose(tables, reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(reference, own, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("runners", [1, 14, 200])
+@pytest.mark.parametrize("target", ["win", "place"])
+@pytest.mark.parametrize("library", ["catboost", "lightgbm", "xgboost"])
+def test_the_compiled_kernel_adds_up_the_same_contributions_as_the_numpy_reference(
+    fitted: RacePipeline, library: str, target: str, runners: int
+) -> None:
+    tables = (fitted.win_boosters_ if target == "win" else fitted.place_boosters_)[library].leaf_tables().tables
+    # every outcome of every path is reachable from random tests, including runners that pass none or all
+    goes_left = np.random.default_rng(runners).random((runners, tables.n_nodes)) < 0.5
+    goes_left[0] = runners % 2 == 0
+    kernel, reference = tables.contributions(goes_left), tables.contributions(goes_left, kernel=False)
+    assert kernel.shape == (runners, tables.n_features)
+    assert np.abs(reference).max() > 0
+    np.testing.assert_allclose(kernel, reference, rtol=1e-12, atol=1e-12)
+    # a column-major input is the same tests
+    np.testing.assert_array_equal(tables.contributions(np.asfortranarray(goes_left)), kernel)
+
+
+def test_the_kernel_is_compiled_when_the_tables_are_built_not_on_the_first_card(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    from racequant.models import treeshap
+
+    _, test = history
+    booster = fitted.win_boosters_["lightgbm"]
+    booster.leaf_tables()
+    compiled = list(treeshap._explain.signatures)
+    assert compiled
+    booster.contributions(test[FEATURES].head(14))
+    assert list(treeshap._explain.signatures) == compiled
+
+
+def test_the_tables_refuse_tests_of_another_ensemble(fitted: RacePipeline) -> None:
+    tables = fitted.win_boosters_["xgboost"].leaf_tables().tables
+    with pytest.raises(ValueError, match=re.escape(f"goes_left must have shape (runners, {tables.n_nodes})")):
+        tables.contributions(np.zeros((3, tables.n_nodes + 1), dtype=bool))
+
+
+def test_the_kernel_compiles_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from numba.core.caching import CacheImpl
+
+    from racequant.models import treeshap
+
+    monkeypatch.setattr(CacheImpl, "_locator_classes", [])  # no directory numba could cache into
+
+    def total(values: np.ndarray) -> float:
+        out = 0.0
+        for v in values:
+            out += v
+        return out
+
+    assert treeshap._jit(total)(np.arange(4.0)) == 6.0
 
 
 def test_the_xgboost_boosters_name_their_features_and_keep_the_categorical_one(fitted: RacePipeline) -> None:

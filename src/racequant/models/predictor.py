@@ -167,7 +167,8 @@ class Predictor:
         return cursor
 
     def warm_up(self) -> Predictor:
-        """Build what the first card would otherwise wait for: the win boosters' leaf tables (explanations)."""
+        """Build what the first card would otherwise wait for: the boosters' leaf tables (explanations) and their
+        compiled look-up kernel (``treeshap._explain``)."""
         started = time.perf_counter()
         place = self.pipeline.place_boosters_.values() if getattr(self.pipeline, "blend_place_scores", False) else ()
         for booster in [*self.pipeline.win_boosters_.values(), *place]:

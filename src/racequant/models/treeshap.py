@@ -17,6 +17,12 @@ Tests per library: LightGBM ``x <= threshold`` (its missing-value rules), catego
 XGBoost ``float32(x) < threshold`` (missing: the default side), categorical in-set goes right; CatBoost's
 oblivious trees are read from the leaf each runner reaches (``calc_leaf_indexes``: one bit per level, so
 every level's test is known without recomputing its CTRs).
+
+A card's look-ups run in one compiled pass (numba, ``_explain``): per path, per runner, the outcome bits of the
+path's tests, then the path's table row added to the runner's features, with no temporary arrays; the numpy
+version (``LeafTables.contributions(..., kernel=False)``) is kept as the reference the tests compare it to.
+The kernel is compiled (or loaded from numba's cache) when the tables are built, so at the model's warm-up,
+never on a request.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from math import factorial
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,53 @@ MAX_DEPTH = 8  # a path's table has 2^depth rows
 class _Path:
     value: float
     tests: list[tuple[int, bool, int, float]]  # (node, goes left, feature, child cover / parent cover)
+
+
+def _jit(function: Any) -> Any:
+    """``function`` compiled with numba, cached on disk when a cache directory is writable: beside the source,
+    else numba's user-wide cache (``NUMBA_CACHE_DIR`` overrides both); compiled in each process otherwise."""
+    try:
+        return njit(cache=True, nogil=True)(function)
+    except RuntimeError as exc:  # numba found no writable cache location
+        logger.info("numba cache unavailable for %s (%s): compiled in each process", function.__name__, exc)
+        return njit(nogil=True)(function)
+
+
+def _explain(
+    goes_left: np.ndarray,
+    nodes: np.ndarray,
+    left: np.ndarray,
+    features: np.ndarray,
+    table: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Adds to ``out`` (features, runners) the contributions of every path: for path p and runner r, the outcome
+    o of p's tests (bit t set when test t is passed; padding tests read node ``n_nodes`` and always pass) picks
+    row o of p's table, added to the runner's features of p. Path by path, all runners together: the table is
+    read once, in order."""
+    runners, n_nodes = goes_left.shape
+    n_paths, depth = nodes.shape
+    width = features.shape[1]
+    tests = np.empty((n_nodes + 1, runners), dtype=np.bool_)  # each test's runners in one cache line
+    for r in range(runners):
+        for k in range(n_nodes):
+            tests[k, r] = goes_left[r, k]
+    for r in range(runners):
+        tests[n_nodes, r] = True
+    outcome = np.empty(runners, dtype=np.int64)
+    for p in range(n_paths):
+        outcome[:] = 0
+        for t in range(depth):  # a test's row of runners at once (vectorised, without branches)
+            node, goes = nodes[p, t], left[p, t]
+            for r in range(runners):
+                outcome[r] |= np.int64(tests[node, r] == goes) << t
+        for w in range(width):
+            row = out[features[p, w]]
+            for r in range(runners):
+                row[r] += table[p, outcome[r], w]
+
+
+_explain = _jit(_explain)
 
 
 class LeafTables:
@@ -91,14 +145,24 @@ class LeafTables:
         self._nodes = np.ascontiguousarray(self.cond_node.T)  # (depth, paths)
         self._left = np.ascontiguousarray(self.cond_left.T)
         self._index: dict[int, np.ndarray] = {}
+        # compiles the kernel (or loads it from numba's cache) now, at the model's warm-up, not on a request
+        self.contributions(np.zeros((1, n_nodes), dtype=bool))
 
-    def contributions(self, goes_left: np.ndarray) -> np.ndarray:
+    def contributions(self, goes_left: np.ndarray, kernel: bool = True) -> np.ndarray:
         """(runners, features) contributions, from ``goes_left`` (runners, nodes): each test's outcome.
 
         Path by path, all runners together: the look-ups sweep the table once in order (runner by runner, each
-        runner would sweep the whole table again, several MB, and wait on memory for every leaf).
+        runner would sweep the whole table again, several MB, and wait on memory for every leaf). ``kernel``:
+        the compiled pass (``_explain``); False, the numpy reference (the same sums, with temporaries).
         """
         runners = len(goes_left)
+        if goes_left.shape != (runners, self.n_nodes):
+            raise ValueError(f"goes_left must have shape (runners, {self.n_nodes}). Got {goes_left.shape} instead.")
+        if kernel:
+            out = np.zeros((self.n_features, runners))  # a feature's runners side by side
+            goes_left = np.ascontiguousarray(goes_left, dtype=bool)
+            _explain(goes_left, self.cond_node, self.cond_left, self.features, self.table, out)
+            return np.ascontiguousarray(out.T)
         # (nodes + 1, runners), contiguous: each test's row of runners is one read
         tests = np.ascontiguousarray(np.concatenate([goes_left, np.ones((runners, 1), dtype=bool)], axis=1).T)
         outcome = np.repeat(self._base.T, runners, axis=1)  # (paths, runners): row of the path's table
@@ -195,8 +259,8 @@ class LightGBMTables:
             out[:, cats] = self.members[cats[None, :], code]
         return out
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        return self.tables.contributions(self.goes_left(x))
+    def contributions(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
+        return self.tables.contributions(self.goes_left(x), kernel)
 
 
 # -- XGBoost -----------------------------------------------------------------------------------------------
@@ -268,8 +332,8 @@ class XGBoostTables:
             out[:, cats] = ~self.members[cats[None, :], code]
         return np.where(np.isnan(v), self.default_left, out)
 
-    def contributions(self, x: np.ndarray) -> np.ndarray:
-        return self.tables.contributions(self.goes_left(x))
+    def contributions(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
+        return self.tables.contributions(self.goes_left(x), kernel)
 
 
 # -- CatBoost ----------------------------------------------------------------------------------------------
@@ -312,8 +376,8 @@ class CatBoostTables:
         leaves = self.model.calc_leaf_indexes(pool, thread_count=1)  # (runners, trees)
         return ((leaves[:, self._tree_of] >> self._shift) & 1).astype(bool)
 
-    def contributions(self, pool: Any) -> np.ndarray:
-        return self.tables.contributions(self.goes_left(pool))
+    def contributions(self, pool: Any, kernel: bool = True) -> np.ndarray:
+        return self.tables.contributions(self.goes_left(pool), kernel)
 
 
 def _catboost_feature(split: str) -> int:
