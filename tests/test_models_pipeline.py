@@ -127,6 +127,25 @@ def test_the_compiled_kernel_adds_up_the_same_contributions_as_the_numpy_referen
     np.testing.assert_array_equal(tables.contributions(np.asfortranarray(goes_left)), kernel)
 
 
+@pytest.mark.parametrize("target", ["win", "place"])
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+def test_the_compiled_tests_of_each_node_are_the_numpy_references(
+    fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame], library: str, target: str
+) -> None:
+    _, test = history
+    booster = (fitted.win_boosters_ if target == "win" else fitted.place_boosters_)[library]
+    tables = booster.leaf_tables()
+    x = booster.prepare(test[FEATURES].head(200)).values.copy()
+    # missing values, zeros (LightGBM's "Zero" missing type), infinities, and categorical codes out of range
+    rng = np.random.default_rng(3)
+    for value in (np.nan, 0.0, -0.0, 1e-36, np.inf, -np.inf, -0.5, -1.0, 2.7, 1e30):
+        x[rng.random(x.shape) < 0.04] = value
+    with np.errstate(invalid="ignore"):  # numpy's cast of 1e30 and infinities to a code
+        kernel, reference = tables.goes_left(x), tables.goes_left(x, kernel=False)
+    assert kernel.shape == reference.shape == (len(x), tables.tables.n_nodes)
+    np.testing.assert_array_equal(kernel, reference)
+
+
 def test_the_kernel_is_compiled_when_the_tables_are_built_not_on_the_first_card(
     fitted: RacePipeline, history: tuple[pd.DataFrame, pd.DataFrame]
 ) -> None:

@@ -95,6 +95,70 @@ def _explain(
 _explain = _jit(_explain)
 
 
+def _lightgbm_goes_left(
+    x: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    default_left: np.ndarray,
+    nan_missing: np.ndarray,
+    zero_missing: np.ndarray,
+    categorical: np.ndarray,
+    members: np.ndarray,
+) -> np.ndarray:
+    """``LightGBMTables.goes_left`` in one compiled pass (the numpy version is the reference)."""
+    runners, n_nodes = x.shape[0], feature.shape[0]
+    out_of_range = members.shape[1] - 1
+    out = np.empty((runners, n_nodes), dtype=np.bool_)
+    for r in range(runners):
+        for k in range(n_nodes):
+            v = x[r, feature[k]]
+            if categorical[k]:
+                if np.isnan(v) or v < 0 or v >= out_of_range:
+                    out[r, k] = members[k, out_of_range]
+                else:
+                    out[r, k] = members[k, int(v)]
+            elif np.isnan(v):
+                # NaN is missing when the node says so, else it reads as 0.0 (missing for "Zero" nodes)
+                out[r, k] = default_left[k] if nan_missing[k] or zero_missing[k] else threshold[k] >= 0.0
+            elif zero_missing[k] and -_K_ZERO <= v <= _K_ZERO:
+                out[r, k] = default_left[k]
+            else:
+                out[r, k] = v <= threshold[k]
+    return out
+
+
+def _xgboost_goes_left(
+    x: np.ndarray,
+    feature: np.ndarray,
+    threshold: np.ndarray,
+    default_left: np.ndarray,
+    categorical: np.ndarray,
+    members: np.ndarray,
+) -> np.ndarray:
+    """``XGBoostTables.goes_left`` in one compiled pass (the numpy version is the reference)."""
+    runners, n_nodes = x.shape[0], feature.shape[0]
+    out_of_range = members.shape[1] - 1
+    out = np.empty((runners, n_nodes), dtype=np.bool_)
+    for r in range(runners):
+        for k in range(n_nodes):
+            v = np.float32(x[r, feature[k]])
+            if np.isnan(v):
+                out[r, k] = default_left[k]
+            elif categorical[k]:
+                # codes truncate toward zero, as numpy's astype: (-1, 0) is category 0
+                if v <= -1 or v >= out_of_range:
+                    out[r, k] = not members[k, out_of_range]
+                else:
+                    out[r, k] = not members[k, int(v)]
+            else:
+                out[r, k] = v < threshold[k]
+    return out
+
+
+_lightgbm_goes_left = _jit(_lightgbm_goes_left)
+_xgboost_goes_left = _jit(_xgboost_goes_left)
+
+
 class LeafTables:
     """Every root-to-leaf path of an ensemble with its contributions for each outcome of the path's tests."""
 
@@ -240,8 +304,20 @@ class LightGBMTables:
         for k, s in enumerate(cat_sets):
             self.members[k, sorted(s)] = True
         self.tables = LeafTables(paths, len(feature), n_features)
+        self.goes_left(np.zeros((1, n_features)))  # compiles the kernel now (the model's warm-up)
 
-    def goes_left(self, x: np.ndarray) -> np.ndarray:
+    def goes_left(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
+        if kernel:
+            return _lightgbm_goes_left(
+                np.ascontiguousarray(x, dtype=np.float64),
+                self.feature,
+                self.threshold,
+                self.default_left,
+                self.nan_missing,
+                self.zero_missing,
+                self.categorical,
+                self.members,
+            )
         v = x[:, self.feature]  # (runners, nodes)
         isnan = np.isnan(v)
         filled = np.where(isnan & ~self.nan_missing, 0.0, v)
@@ -260,7 +336,7 @@ class LightGBMTables:
         return out
 
     def contributions(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
-        return self.tables.contributions(self.goes_left(x), kernel)
+        return self.tables.contributions(self.goes_left(x, kernel), kernel)
 
 
 # -- XGBoost -----------------------------------------------------------------------------------------------
@@ -318,8 +394,18 @@ class XGBoostTables:
         for k, s in enumerate(cat_sets):
             self.members[k, sorted(s)] = True
         self.tables = LeafTables(paths, len(feature), n_features)
+        self.goes_left(np.zeros((1, n_features)))  # compiles the kernel now (the model's warm-up)
 
-    def goes_left(self, x: np.ndarray) -> np.ndarray:
+    def goes_left(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
+        if kernel:
+            return _xgboost_goes_left(
+                np.ascontiguousarray(x, dtype=np.float64),
+                self.feature,
+                self.threshold,
+                self.default_left,
+                self.categorical,
+                self.members,
+            )
         v = x.astype(np.float32)[:, self.feature]
         with np.errstate(invalid="ignore"):
             out = v < self.threshold
@@ -333,7 +419,7 @@ class XGBoostTables:
         return np.where(np.isnan(v), self.default_left, out)
 
     def contributions(self, x: np.ndarray, kernel: bool = True) -> np.ndarray:
-        return self.tables.contributions(self.goes_left(x), kernel)
+        return self.tables.contributions(self.goes_left(x, kernel), kernel)
 
 
 # -- CatBoost ----------------------------------------------------------------------------------------------
