@@ -452,6 +452,7 @@ def add_bets(pred: pd.DataFrame, betting: BettingConfig) -> tuple[pd.DataFrame, 
 # -- the run ------------------------------------------------------------------------------------------
 
 
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def evaluate_fold_predictions(
     frame: pd.DataFrame,
     raw: pd.DataFrame,
@@ -467,35 +468,9 @@ def evaluate_fold_predictions(
     """Everything after the folds: outcomes, market, second stage, bets and metrics, from the folds' raw test
     predictions (race_id, horse_id, fold, win_prob, place_prob, ...). Deterministic; runs in the client.
 
-    On one BLAS thread: its products are a few columns wide (the second stage's 160 pools), too small for a
-    second thread, whose start and spin-wait made the second stage of HK 1998-2005 cost 11 s of CPU instead
-    of 2 (and 10-20 s of wall on a busy machine); the figures are the same."""
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _evaluate(
-            frame,
-            raw,
-            folds,
-            fold_info,
-            betting=betting,
-            second_stage_min_races=second_stage_min_races,
-            n_bootstrap=n_bootstrap,
-            random_state=random_state,
-            min_overround=min_overround,
-        )
-
-
-def _evaluate(
-    frame: pd.DataFrame,
-    raw: pd.DataFrame,
-    folds: list[Fold],
-    fold_info: list[dict[str, Any]],
-    *,
-    betting: BettingConfig,
-    second_stage_min_races: int,
-    n_bootstrap: int,
-    random_state: int,
-    min_overround: float,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    On one BLAS thread (the decorator): its products are a few columns wide (the second stage's 160 pools), too
+    small for a second thread, whose start and spin-wait made the second stage of HK 1998-2005 cost 11 s of CPU
+    instead of 2 (and 10-20 s of wall on a busy machine); the figures are the same."""
     pred = raw.copy()
     keep = [c for c in (*_KEYS, "finish_position", "win_odds", "place_odds", "true_win_prob") if c in frame.columns]
     pred = pred.merge(frame[keep], on=["race_id", "horse_id"], how="left", validate="one_to_one")
