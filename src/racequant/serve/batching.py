@@ -69,6 +69,23 @@ class JobQueue:
             self._queue.put(job)
         return job.future
 
+    def _serve_queue(self, serve: Callable[[list[_Job]], None], max_batch: int) -> None:
+        """A worker thread's loop: take the cards queued when it is free (up to ``max_batch``, never waiting for
+        more), claim those not cancelled, count them and hand them to ``serve``; end at the stop mark."""
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch, stop = take_queued(self._queue, item, max_batch, _STOP)
+            jobs = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if jobs:
+                with self._lock:
+                    self.batches += 1
+                    self.cards += len(jobs)
+                serve(jobs)
+            if stop:
+                return
+
     def _stop_threads(self, timeout: float) -> bool:
         """Let the threads finish the queued cards and stop; False when the pool was closed already."""
         with self._lock:
@@ -96,7 +113,15 @@ class PredictionPool(JobQueue):
         self.predictor = predictor
         self.max_batch = max_batch if callable(getattr(predictor, "predict_many", None)) else 1
         self._start_threads(
-            [threading.Thread(target=self._run, name=f"racequant-predict-{k}", daemon=True) for k in range(workers)]
+            [
+                threading.Thread(
+                    target=self._serve_queue,
+                    args=(self._serve, self.max_batch),
+                    name=f"racequant-predict-{k}",
+                    daemon=True,
+                )
+                for k in range(workers)
+            ]
         )
 
     def close(self, timeout: float = 30.0) -> None:
@@ -106,23 +131,7 @@ class PredictionPool(JobQueue):
         logger.info("prediction pool closed: %d cards in %d model calls", self.cards, self.batches)
 
     # --- the worker threads ---
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            jobs, stop = take_queued(self._queue, item, self.max_batch, _STOP)
-            self._serve(jobs)
-            if stop:
-                return
-
     def _serve(self, jobs: list[_Job]) -> None:
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
-        with self._lock:
-            self.batches += 1
-            self.cards += len(jobs)
         results: list[list[dict[str, Any]]] | None = None
         if len(jobs) > 1:
             try:

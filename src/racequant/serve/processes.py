@@ -16,6 +16,7 @@ so children never outlive the server, even one killed with SIGKILL.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import multiprocessing
@@ -32,8 +33,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from racequant.errors import RacequantError
-from racequant.monitor.writer import take_queued
-from racequant.serve.batching import _STOP, JobQueue, _Job
+from racequant.serve.batching import JobQueue, _Job
 from racequant.serve.errors import ServiceUnavailableError
 from racequant.serve.predictor import Predictor
 
@@ -203,7 +203,12 @@ class ProcessPredictionPool(JobQueue):
         )
         self._start_threads(
             [
-                threading.Thread(target=self._run, args=(k,), name=f"racequant-predict-process-{k}", daemon=True)
+                threading.Thread(
+                    target=self._serve_queue,
+                    args=(functools.partial(self._serve, k), self.max_batch),
+                    name=f"racequant-predict-process-{k}",
+                    daemon=True,
+                )
                 for k in range(processes)
             ]
         )
@@ -236,23 +241,7 @@ class ProcessPredictionPool(JobQueue):
         theirs.close()  # only the child holds its end: the pipe reads EOF as soon as the child is gone
         return _Child(process, ours)
 
-    def _run(self, k: int) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            jobs, stop = take_queued(self._queue, item, self.max_batch, _STOP)
-            self._serve(k, jobs)
-            if stop:
-                return
-
     def _serve(self, k: int, jobs: list[_Job]) -> None:
-        jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        if not jobs:
-            return
-        with self._lock:
-            self.batches += 1
-            self.cards += len(jobs)
         child = self._children[k]
         try:
             child.conn.send([(j.card, j.as_of) for j in jobs])
