@@ -185,3 +185,10 @@ def test_masks_select_whole_days() -> None:
     test = dates[fold.test_mask(dates)]
     assert test.dt.date.min() == fold.test_start and test.dt.date.max() == fold.test_end
     assert np.all(test.value_counts() == 8)
+
+
+def test_train_rows_counts_what_train_mask_selects() -> None:
+    dates = pd.Series(pd.to_datetime(RACE_DATES)).sort_values(ignore_index=True)
+    days = dates.to_numpy(dtype="datetime64[D]")
+    for fold in WalkForwardSplit("2000-07-01", "2000-12-31", expanding=True).split(RACE_DATES):
+        assert fold.train_rows(days) == int(fold.train_mask(dates).sum()) > 0

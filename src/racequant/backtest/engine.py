@@ -216,13 +216,7 @@ def dispatch_order(frame: pd.DataFrame, folds: Sequence[Fold]) -> list[int]:
     last, they would leave the other workers idle at the end (longest-processing-time-first list scheduling
     bounds that tail by the smallest folds instead). Ties keep fold order. ``frame`` is sorted by date."""
     dates = frame["date"].to_numpy(dtype="datetime64[D]")
-
-    def n_train_rows(fold: Fold) -> int:
-        lo = np.searchsorted(dates, np.datetime64(fold.train_start, "D"), side="left")
-        hi = np.searchsorted(dates, np.datetime64(fold.train_end, "D"), side="right")
-        return int(hi - lo)
-
-    sizes = [n_train_rows(fold) for fold in folds]
+    sizes = [fold.train_rows(dates) for fold in folds]
     return sorted(range(len(folds)), key=lambda i: (-sizes[i], i))
 
 

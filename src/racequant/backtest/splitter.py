@@ -60,6 +60,13 @@ class Fold:
         d = pd.to_datetime(dates).dt.date
         return ((d >= self.train_start) & (d <= self.train_end)).to_numpy()
 
+    def train_rows(self, sorted_days: np.ndarray) -> int:
+        """How many of ``sorted_days`` (ascending ``datetime64[D]``, one per row) ``train_mask`` selects, by binary
+        search: the same window, without converting every row's date."""
+        lo = np.searchsorted(sorted_days, np.datetime64(self.train_start, "D"), side="left")
+        hi = np.searchsorted(sorted_days, np.datetime64(self.train_end, "D"), side="right")
+        return int(hi - lo)
+
     def test_mask(self, dates: pd.Series) -> np.ndarray:
         d = pd.to_datetime(dates).dt.date
         return ((d >= self.test_start) & (d <= self.test_end)).to_numpy()
