@@ -295,12 +295,14 @@ class RacePipeline:
             params=params or None,
         )
 
-    def _members(self) -> list[str]:
-        """Names of the blend's members: each win booster, then (with ``blend_place_scores``) each place booster."""
-        names = list(self.win_boosters_)
-        if self.blend_place_scores:
-            names += [f"{lib}_place" for lib in self.place_boosters_]
-        return names
+    def blend_members(self) -> list[tuple[str, GradientBooster]]:
+        """The blend's members in its order, (name, booster): each win booster under its library's name, then (with
+        ``blend_place_scores``) each place booster as ``<library>_place``. A model saved before the option existed
+        has win boosters only."""
+        members = list(self.win_boosters_.items())
+        if getattr(self, "blend_place_scores", False):
+            members += [(f"{lib}_place", b) for lib, b in self.place_boosters_.items()]
+        return members
 
     def _groups(self, frame: pd.DataFrame) -> np.ndarray | None:
         if self.calibration_group is None:
@@ -384,16 +386,12 @@ class RacePipeline:
         say("fitting race-level temperatures and blend weights")
         self.softmax_: dict[str, RaceSoftmax] = {}
         val_probs = []
-        for lib, booster in self.win_boosters_.items():
+        members = self.blend_members()
+        for name, booster in members:
             scores = booster.decision_function(X[va])
-            self.softmax_[lib] = RaceSoftmax().fit(scores, won[va], race[va])
-            val_probs.append(self.softmax_[lib].predict_proba(scores, race[va]))
-        if self.blend_place_scores:
-            for lib, booster in self.place_boosters_.items():
-                scores = booster.decision_function(X[va])
-                self.softmax_[f"{lib}_place"] = RaceSoftmax().fit(scores, won[va], race[va])
-                val_probs.append(self.softmax_[f"{lib}_place"].predict_proba(scores, race[va]))
-        self.blend_ = LogLinearPool(names=self._members()).fit(val_probs, won[va], race[va])
+            self.softmax_[name] = RaceSoftmax().fit(scores, won[va], race[va])
+            val_probs.append(self.softmax_[name].predict_proba(scores, race[va]))
+        self.blend_ = LogLinearPool(names=[name for name, _ in members]).fit(val_probs, won[va], race[va])
         p_val = self.blend_.predict_proba(val_probs, race[va])
         self.harville_ = DiscountedHarville().fit(p_val, pos[va], race[va])
 
@@ -456,7 +454,9 @@ class RacePipeline:
             "place_log_loss": self.place_log_loss_,
             "place_method": self.place_method_,
             "harville": {"g": self.harville_.g_, "d": self.harville_.d_},
-            "blend_weights": dict(zip(self._members(), map(float, self.blend_.weights_), strict=True)),
+            "blend_weights": {
+                name: float(w) for (name, _), w in zip(self.blend_members(), self.blend_.weights_, strict=True)
+            },
             "temperatures": {lib: s.temperature_ for lib, s in self.softmax_.items()},
             "best_iterations": {
                 f"{lib}_{t}": b.best_iteration_ + 1
@@ -492,16 +492,14 @@ class RacePipeline:
         inputs = inputs or self._inputs(frame)
         race = frame[self.race_col].to_numpy()
         out: dict[str, np.ndarray] = {}  # one DataFrame at the end: column inserts cost more than a card's trees
-        probs = []
-        for lib, booster in self.win_boosters_.items():
-            p = self.softmax_[lib].predict_proba(booster.decision_function(inputs(booster)), race)
-            out[f"{lib}_win"] = p
-            probs.append(p)
-        # each place booster scored once: its logit gives the direct place probability and, when the blend takes
-        # the place boosters too, their race-softmax win probability
+        # each booster scored once: a place booster's logit gives the direct place probability and, when the blend
+        # takes the place boosters too, their race-softmax win probability
+        scores = {lib: b.decision_function(inputs(b)) for lib, b in self.win_boosters_.items()}
         place_scores = {lib: b.decision_function(inputs(b)) for lib, b in self.place_boosters_.items()}
-        if getattr(self, "blend_place_scores", False):
-            probs += [self.softmax_[f"{lib}_place"].predict_proba(s, race) for lib, s in place_scores.items()]
+        scores.update({f"{lib}_place": s for lib, s in place_scores.items()})
+        probs = [self.softmax_[name].predict_proba(scores[name], race) for name, _ in self.blend_members()]
+        for lib, p in zip(self.win_boosters_, probs, strict=False):  # the win boosters come first
+            out[f"{lib}_win"] = p
         out["win_prob_base"] = self.blend_.predict_proba(probs, race)
         out["place_prob_harville"] = self.harville_.predict_place(out["win_prob_base"], race)
         direct = np.mean([1.0 / (1.0 + np.exp(-s)) for s in place_scores.values()], axis=0)
@@ -568,10 +566,7 @@ class RacePipeline:
             raise method_order_error("fit", "contributions")
         inputs = inputs or self._inputs(frame)
         total = np.zeros((len(frame), len(self.feature_columns_)))
-        members = list(self.win_boosters_.items())
-        if getattr(self, "blend_place_scores", False):
-            members += [(f"{lib}_place", b) for lib, b in self.place_boosters_.items()]
-        for weight, (name, booster) in zip(self.blend_.weights_, members, strict=True):
+        for weight, (name, booster) in zip(self.blend_.weights_, self.blend_members(), strict=True):
             if weight != 0:
                 total += weight / self.softmax_[name].temperature_ * booster.contributions(inputs(booster))
         return total

@@ -170,8 +170,7 @@ class Predictor:
         """Build what the first card would otherwise wait for: the boosters' leaf tables (explanations) and their
         compiled look-up kernel (``treeshap._explain``)."""
         started = time.perf_counter()
-        place = self.pipeline.place_boosters_.values() if getattr(self.pipeline, "blend_place_scores", False) else ()
-        for booster in [*self.pipeline.win_boosters_.values(), *place]:
+        for _, booster in self.pipeline.blend_members():  # the boosters the explanations add up
             booster.leaf_tables()
         logger.info("model %s warmed up in %.2f s", self.model_version, time.perf_counter() - started)
         return self
