@@ -103,7 +103,7 @@ def test_leaf_tables_give_the_libraries_own_treeshap(
     np.testing.assert_allclose(tables, own, rtol=1e-6, atol=1e-6)
     # the compiled kernel against the numpy reference it replaced (only the summation order may differ)
     prepared = booster.prepare(X)
-    source = booster._catboost_pool(prepared) if library == "catboost" else prepared.values
+    source = booster.catboost_pool(prepared) if library == "catboost" else prepared.values
     reference = leaf_tables.contributions(source, kernel=False)
     np.testing.assert_allclose(tables, reference, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(reference, own, rtol=1e-6, atol=1e-6)

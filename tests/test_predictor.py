@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pytest
 from model_fixtures import TrainedModel, trained_model, training_frame  # noqa: F401
 from racequant.calibration.isotonic import CalibrationOrderError
 from racequant.models.card import MAX_RUNNERS, CardValidationError, parse_card
-from racequant.models.predictor import OUTPUT_FIELDS, SIX_MODELS, Predictor
+from racequant.models.predictor import OUTPUT_FIELDS, SIX_MODELS, Predictor, features_json
 from racequant.models.registry import ArtifactNotFoundError, CorruptedArtifactError
 from racequant.warehouse import connect_read_only
 
@@ -107,6 +108,48 @@ def test_a_card_on_the_one_thread_path_gives_the_records_of_the_batch_path(
     assert all(len(top) == 10 for top in fast_tops)
     for mine, theirs in zip(fast_tops, batch_tops, strict=True):
         assert mine == pytest.approx(theirs, abs=2e-6)
+
+
+def test_each_record_carries_its_runner_features_as_the_json_the_log_stores(
+    predictor: Predictor,
+    conn,  # type: ignore[no-untyped-def]
+    race_card: dict[str, Any],
+) -> None:
+    out = predictor.predict_card(conn, race_card, with_features=True)
+    frame = predictor.features(conn, race_card).set_index("horse_id")
+    names = predictor.pipeline.feature_columns_
+    for record in out:
+        logged = json.loads(record["_features"])
+        assert list(logged) == names
+        for name in names:
+            value = frame.at[record["horse_id"], name]
+            if pd.isna(value):
+                assert logged[name] is None, name
+            else:
+                assert logged[name] == (float(value) if isinstance(value, float | np.floating) else value), name
+
+
+def test_features_json_writes_every_kind_of_value_as_json_reads_it_back() -> None:
+    frame = pd.DataFrame(
+        {
+            "speed": [1.5, np.nan, np.inf, 1e16, -0.0, 1 / 3],
+            'odd "name" 100%': pd.array(["x", None, 'q"u%s', "\u00e9\n", "a", "b"], dtype="str"),
+            "count": [1, 2, 3, 4, 5, 6],
+            "rating": pd.array([1, None, 3, 4, 5, 6], dtype="Int64"),
+        }
+    )
+    names = ["rating", *frame.columns[:3]]
+    texts = features_json(frame, names)
+    expected = [
+        {"rating": 1, "speed": 1.5, 'odd "name" 100%': "x", "count": 1},
+        {"rating": None, "speed": None, 'odd "name" 100%': None, "count": 2},
+        {"rating": 3, "speed": None, 'odd "name" 100%': 'q"u%s', "count": 3},
+        {"rating": 4, "speed": 1e16, 'odd "name" 100%': "\u00e9\n", "count": 4},
+        {"rating": 5, "speed": -0.0, 'odd "name" 100%': "a", "count": 5},
+        {"rating": 6, "speed": 1 / 3, 'odd "name" 100%': "b", "count": 6},
+    ]
+    assert [json.loads(t) for t in texts] == expected
+    assert [list(json.loads(t)) for t in texts] == [names] * 6  # the model's column order
 
 
 def test_concurrent_cards_read_through_a_cursor_per_thread_and_give_the_serial_records(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,14 @@ def test_a_held_out_card_is_quantified_logged_and_explained(
 
     drift = httpx.get(f"{server.url}/api/v1/monitoring/drift", timeout=30).json()
     assert drift["features"]["status"] in ("ok", "unavailable")  # a reference exists; one race is too few to judge
+
+    # the log keeps each runner's model features, as the feature-drift check reads them
+    service = server.server.config.app.state.service
+    logged = service.writer.read(
+        lambda c: c.execute("SELECT horse_id, features_json FROM predictions WHERE race_id = ?", [race_id]).fetchall()
+    )
+    assert sorted(h for h, _ in logged) == sorted(p["horse_id"] for p in body["predictions"])
+    for _, text in logged:
+        values = json.loads(text)
+        assert len(values) == service.predictor.feature_count
+        assert any(isinstance(v, float) for v in values.values())

@@ -464,7 +464,7 @@ class GradientBooster:
                     model.inplace_predict(prepared.values, predict_type="margin", iteration_range=(0, n_trees))
                 )
             return np.asarray(
-                self.model_.predict(self._catboost_pool(prepared), prediction_type="RawFormulaVal", thread_count=1)
+                self.model_.predict(self.catboost_pool(prepared), prediction_type="RawFormulaVal", thread_count=1)
             )
         Xp = self._prepare(X)  # type: ignore[arg-type]
         if self.library == "lightgbm":
@@ -480,7 +480,7 @@ class GradientBooster:
             self.model_.predict(Pool(Xp, cat_features=list(self.categories_)), prediction_type="RawFormulaVal")
         )
 
-    def _catboost_pool(self, prepared: PreparedFeatures) -> Any:
+    def catboost_pool(self, prepared: PreparedFeatures) -> Any:
         """The CatBoost Pool of the prepared features, built once for every CatBoost call on them."""
         if prepared._pool is None:
             from catboost import Pool
@@ -508,7 +508,7 @@ class GradientBooster:
         # prediction (the CLI) is cheaper with the library's TreeSHAP than with a second of tabulation
         tables = getattr(self, "_leaf_tables", None) if prepared is not None and not library else None
         if prepared is not None and tables is not None:
-            source = self._catboost_pool(prepared) if self.library == "catboost" else prepared.values
+            source = self.catboost_pool(prepared) if self.library == "catboost" else prepared.values
             return np.asarray(tables.contributions(source))
         if prepared is not None:
             if self.library == "lightgbm":
@@ -527,7 +527,7 @@ class GradientBooster:
                 out = model.predict(dm, pred_contribs=True, iteration_range=(0, n_trees))
             else:
                 out = self.model_.get_feature_importance(
-                    self._catboost_pool(prepared), type="ShapValues", thread_count=1
+                    self.catboost_pool(prepared), type="ShapValues", thread_count=1
                 )
             return np.asarray(out)[:, : len(self.feature_names_in_)]
         Xp = self._prepare(X)  # type: ignore[arg-type]

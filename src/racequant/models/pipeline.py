@@ -18,7 +18,9 @@ features behind each runner's score. The market is never an input.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,20 @@ DEFAULT_BOOSTER_PARAMS: dict[str, dict[str, Any]] = {
     "lightgbm": {"min_data_in_leaf": 200, "lambda_l2": 10.0},
     "xgboost": {"min_child_weight": 5.0, "lambda": 10.0},
 }
+
+
+_EXPLAINER: ThreadPoolExecutor | None = None
+_EXPLAINER_LOCK = threading.Lock()
+
+
+def _explainer() -> ThreadPoolExecutor:
+    """The threads that explain a card while its prediction goes on (created on first use; the compiled TreeSHAP
+    kernels and the libraries' native calls release the GIL, so the two overlap on a second core)."""
+    global _EXPLAINER
+    with _EXPLAINER_LOCK:
+        if _EXPLAINER is None:
+            _EXPLAINER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="racequant-explain")
+        return _EXPLAINER
 
 
 class FeatureContractError(RacequantError):
@@ -523,6 +539,8 @@ class RacePipeline:
         race = frame[self.race_col].to_numpy()
         codes, n_races = race_codes(race)
         inputs = self._inputs(frame)
+        # a card's explanations start now, on the explainer threads, beside the rest of its prediction
+        explained = self._explain(frame, inputs, _explainer()) if explain and len(frame) <= SMALL_BATCH_ROWS else None
         base = self._base(frame, inputs)
         groups = self._groups(frame)
         dates = frame[self.date_col].to_numpy() if check_order else None
@@ -555,27 +573,55 @@ class RacePipeline:
         columns["calibration_group"] = self.win_calibrator_.group_of(groups, len(frame))
         out = pd.DataFrame(columns, index=frame.index)
         if explain:
-            out["top_features"] = self.top_features(frame, inputs)
+            out["top_features"] = self._top(self._sum_contributions(explained or self._explain(frame, inputs)))
         return out
 
     def contributions(
         self, frame: pd.DataFrame, inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures] | None = None
     ) -> np.ndarray:
         """Per-runner contributions of each feature to the blended log-score (TreeSHAP, weighted as the blend)."""
-        if not hasattr(self, "blend_"):
-            raise method_order_error("fit", "contributions")
-        inputs = inputs or self._inputs(frame)
-        total = np.zeros((len(frame), len(self.feature_columns_)))
-        for weight, (name, booster) in zip(self.blend_.weights_, self.blend_members(), strict=True):
-            if weight != 0:
-                total += weight / self.softmax_[name].temperature_ * booster.contributions(inputs(booster))
-        return total
+        return self._sum_contributions(self._explain(frame, inputs or self._inputs(frame)))
 
     def top_features(
         self, frame: pd.DataFrame, inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures] | None = None
     ) -> list[list[dict[str, float | str]]]:
         """The ``top_k_features`` largest contributions (by size, signed) per runner."""
-        contrib = self.contributions(frame, inputs)
+        return self._top(self.contributions(frame, inputs))
+
+    def _explain(
+        self,
+        frame: pd.DataFrame,
+        inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures],
+        pool: Executor | None = None,
+    ) -> tuple[int, list[tuple[float, Future[np.ndarray]]]]:
+        """Each blend member's TreeSHAP with its weight in the blended log-score: computed now, or with ``pool``
+        started on its threads (the compiled kernels and the libraries' native calls release the GIL). Every
+        booster's inputs are prepared first, on the calling thread, so that the threads only read them."""
+        if not hasattr(self, "blend_"):
+            raise method_order_error("fit", "contributions")
+        parts = []
+        for weight, (name, booster) in zip(self.blend_.weights_, self.blend_members(), strict=True):
+            if weight == 0:
+                continue
+            prepared = inputs(booster)
+            if pool is None:
+                future: Future[np.ndarray] = Future()
+                future.set_result(booster.contributions(prepared))
+            else:
+                if booster.library == "catboost" and isinstance(prepared, PreparedFeatures):
+                    booster.catboost_pool(prepared)  # built once here, not raced for by two threads
+                future = pool.submit(booster.contributions, prepared)
+            parts.append((weight / self.softmax_[name].temperature_, future))
+        return len(frame), parts
+
+    def _sum_contributions(self, explained: tuple[int, list[tuple[float, Future[np.ndarray]]]]) -> np.ndarray:
+        n, parts = explained
+        total = np.zeros((n, len(self.feature_columns_)))
+        for scale, future in parts:  # in the members' order: the same sums whether computed now or on threads
+            total += scale * future.result()
+        return total
+
+    def _top(self, contrib: np.ndarray) -> list[list[dict[str, float | str]]]:
         k = min(self.top_k_features, contrib.shape[1])
         top = np.argsort(-np.abs(contrib), axis=1)[:, :k]
         names = np.asarray(self.feature_columns_)

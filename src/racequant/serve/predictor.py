@@ -2,8 +2,9 @@
 
 The API holds one ``Predictor`` for its lifetime (loaded by the app's lifespan). Any object with these
 attributes and a ``predict(card, as_of)`` returning one record per runner in the quantitative output schema
-will do; tests pass a small one. A record may carry an extra ``_features`` mapping (the runner's feature
-values), which the API logs for feature-drift monitoring and strips from the response.
+will do; tests pass a small one. A record may carry an extra ``_features``: the runner's feature values as
+a mapping, or as that mapping's JSON text (the model's predictor encodes it itself), which the API logs for
+feature-drift monitoring and strips from the response.
 """
 
 from __future__ import annotations
