@@ -449,6 +449,7 @@ def main() -> int:
             env["RACEQUANT_MODEL_VERSION"] = "market-baseline"
         server = serve(env, port)
         acknowledged: list[bytes] = []
+        by_mode: dict[str, set[str]] = {}
         try:
             asyncio.run(closed_loop("127.0.0.1", port, args.clients, 3.0, bodies))  # warm-up, not counted
             for mode, rate in modes:
@@ -475,6 +476,7 @@ def main() -> int:
                 run["load_average_1min"] = load.summary()
                 result[name] = run
                 acknowledged.extend(tally.acknowledged)
+                by_mode[name] = {i.decode() for i in tally.acknowledged}
                 print(json.dumps({name: run}), file=sys.stderr, flush=True)
         finally:
             server.send_signal(signal.SIGTERM)
@@ -484,6 +486,19 @@ def main() -> int:
 
         with prediction_log.open_log(predlog, read_only=True) as conn:
             logged = prediction_log.prediction_ids(conn)
+            latency = {
+                pid: (request, ms)
+                for pid, request, ms in conn.execute(
+                    "SELECT prediction_id, request_id, latency_ms FROM predictions"
+                ).fetchall()
+            }
+    # the server's own part of each request (the log's latency_ms: from the route's start to the shaped records,
+    # model worker queue included), beside the client's: the rest is HTTP, the event loop and the log ack
+    for name, ids in by_mode.items():
+        server_ms = list(dict(latency[i] for i in ids if i in latency).values())  # one per request
+        if server_ms:
+            result[name]["server_p50_ms"] = round(percentile(server_ms, 0.5), 1)
+            result[name]["server_p99_ms"] = round(percentile(server_ms, 0.99), 1)
     missing = len({i.decode() for i in acknowledged} - logged)
     result["missing_from_log"] = missing
     if args.bare_rounds > 0:

@@ -259,3 +259,33 @@ def test_a_second_writer_of_the_same_log_in_one_process_is_refused(tmp_path: Pat
         assert second.read(prediction_log.prediction_count) == 2
     finally:
         second.close()
+
+
+def test_duckdb_checkpoints_wait_for_an_idle_moment_and_a_large_enough_wal(tmp_path: Path) -> None:
+    log = tmp_path / "c.predlog.duckdb"
+    wal = Path(f"{log}.wal")
+    # a WAL threshold no test reaches: the commits below leave their WAL alone, busy or idle
+    writer = LogWriter(log, checkpoint_idle_s=0.05, checkpoint_wal_bytes=1 << 40).start()
+    try:
+        for i in range(20):
+            writer.insert_predictions(rows(f"C{i}", 14)).result(10)
+        writer.flush()
+        threading.Event().wait(0.3)  # idle for six idle periods
+        assert wal.stat().st_size > 0 and writer.checkpoints == 0
+    finally:
+        writer.close()
+
+    writer = LogWriter(log, checkpoint_idle_s=0.05, checkpoint_wal_bytes=1).start()
+    try:
+        writer.insert_predictions(rows("D", 14)).result(10)
+        writer.flush()
+        assert wal.exists() and wal.stat().st_size > 0  # committed, not yet checkpointed
+        for _ in range(200):  # the drain thread checkpoints once the log is idle
+            if writer.checkpoints:
+                break
+            threading.Event().wait(0.05)
+        assert writer.checkpoints >= 1
+        assert not wal.exists() or wal.stat().st_size == 0
+        assert writer.read(prediction_log.prediction_count) == 21 * 14
+    finally:
+        writer.close()
