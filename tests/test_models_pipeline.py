@@ -310,3 +310,35 @@ def test_a_win_objective_per_library_must_name_every_library(history: tuple[pd.D
         RacePipeline(win_objective={"lightgbm": "softmax"}).fit(train, FEATURES)
     with pytest.raises(ValueError, match=re.escape("The 'win_objective' parameter of RacePipeline must be one of")):
         RacePipeline(win_objective="lambdarank").fit(train, FEATURES)
+
+
+def test_shared_explanation_tasks_are_each_run_once_by_whoever_is_free_and_summed_in_order() -> None:
+    import threading
+
+    from racequant.models.pipeline import _SharedTasks
+
+    started, release = threading.Event(), threading.Event()
+    ran_by: dict[int, str] = {}
+
+    def task(k: int) -> np.ndarray:
+        ran_by[k] = threading.current_thread().name
+        if k == 0:  # the explainer thread holds the first task until the caller has run every other one
+            started.set()
+            assert release.wait(10)
+        return np.full(2, float(k))
+
+    shared = _SharedTasks([lambda k=k: task(k) for k in range(4)])
+    helper = threading.Thread(target=shared.run, name="explainer")
+    helper.start()
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    results = shared.results()  # the caller takes tasks 1-3, then waits for task 0
+    helper.join(10)
+    assert [r[0] for r in results] == [0.0, 1.0, 2.0, 3.0]
+    assert ran_by[0] == "explainer" and {ran_by[k] for k in (1, 2, 3)} == {threading.current_thread().name}
+
+    def boom() -> np.ndarray:
+        raise ValueError("no tables")
+
+    with pytest.raises(ValueError, match="no tables"):
+        _SharedTasks([lambda: np.zeros(1), boom]).results()

@@ -8,7 +8,9 @@ each strictly before the next:
    default) each booster is refit on train + validation with its early-stopped number of trees. The blend
    pools the three win boosters and (by default, ``blend_place_scores``) the three place boosters' scores as
    win probabilities: top-3 finishes carry three times the outcomes of wins about the same ability;
-3. calibration: the choice between Harville and direct place, isotonic calibrators and interval bands.
+3. calibration: the choice between Harville and direct place, isotonic calibrators and interval bands. With
+   ``refit_on_calibration`` these are fitted on cross-fitted scores (each half of the slice scored by boosters
+   also trained on the other half) and the stored boosters are refit on all three slices.
 
 ``predict(frame)`` returns one row per runner with per-model and blended win probabilities, calibrated win
 and place probabilities (summing to 1 and to the number of places in every race), intervals and the top
@@ -17,6 +19,7 @@ features behind each runner's score. The market is never an input.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +69,35 @@ def _explainer() -> ThreadPoolExecutor:
         if _EXPLAINER is None:
             _EXPLAINER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="racequant-explain")
         return _EXPLAINER
+
+
+class _SharedTasks:
+    """Tasks that an explainer thread and the thread that needs their results take in turn: whoever is free
+    takes the next one, so a caller done with its own work helps instead of waiting."""
+
+    def __init__(self, tasks: Sequence[Callable[[], np.ndarray]]) -> None:
+        self._tasks = list(tasks)
+        self._futures: list[Future[np.ndarray]] = [Future() for _ in self._tasks]
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Take and run tasks until none is left to take."""
+        while True:
+            with self._lock:
+                k = self._next
+                if k >= len(self._tasks):
+                    return
+                self._next += 1
+            try:
+                self._futures[k].set_result(self._tasks[k]())
+            except BaseException as exc:  # raised to the caller of ``results``
+                self._futures[k].set_exception(exc)
+
+    def results(self) -> list[np.ndarray]:
+        """Every task's result, in the tasks' order (the caller runs the tasks no thread has taken yet)."""
+        self.run()
+        return [future.result() for future in self._futures]
 
 
 class FeatureContractError(RacequantError):
@@ -178,8 +210,35 @@ def slice_masks(
     return dates <= train_end, (dates > train_end) & (dates <= val_end), dates > val_end
 
 
+def calibration_halves(dates: pd.Series, race_ids: pd.Series, calibration: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Masks (first half, second half) of the calibration runners: its race days split by time where the first half
+    first holds half of its races (a day's races stay together, each half at least one day)."""
+    races = pd.DataFrame({"race_id": race_ids[calibration], "date": pd.to_datetime(dates[calibration])})
+    per_day = races.drop_duplicates("race_id").groupby("date").size().sort_index()
+    if len(per_day) < 2:
+        raise ValueError(
+            "The 'refit_on_calibration' parameter of RacePipeline needs a calibration slice of at least 2 race days "
+            f"to split in two halves. Got {len(per_day)} race day(s)."
+        )
+    cum = np.cumsum(per_day.to_numpy()) / per_day.sum()
+    last_first = min(int(np.searchsorted(cum, 0.5)), len(per_day) - 2)
+    first = calibration & (pd.to_datetime(dates) <= per_day.index[last_first])
+    return first, calibration & ~first
+
+
 class RacePipeline:
-    """Fundamental features -> calibrated race-level win and place probabilities (sklearn contract)."""
+    """Fundamental features -> calibrated race-level win and place probabilities (sklearn contract).
+
+    ``refit_on_calibration`` (default False) lets the stored boosters learn the calibration slice too (the latest
+    races before the ones predicted) without fitting the calibrators on scores of a different model: the slice's
+    race days are split by time into two halves H1 and H2 (about half of its races each, a day's races together);
+    boosters trained on train + validation + H1 score H2 and boosters trained on train + validation + H2 score H1,
+    each with its early-stopped number of trees. The place method, the isotonic calibrators and the interval bands
+    are fitted on these cross-fitted scores (each runner scored by boosters that never saw its race), then every
+    booster is refit on train + validation + calibration and those are the boosters stored and used by
+    ``predict``. The temperatures, blend weights and Harville exponents stay those of the validation slice. Every
+    model still sees only races of the training window; it costs three more fits of the six boosters.
+    """
 
     def __init__(
         self,
@@ -209,6 +268,7 @@ class RacePipeline:
         rank_relevance: str = "graded",
         refit_on_validation: bool = True,
         blend_place_scores: bool = True,
+        refit_on_calibration: bool = False,
         feature_manifest_hash: str | None = None,
     ) -> None:
         self.libraries = libraries
@@ -237,6 +297,7 @@ class RacePipeline:
         self.rank_relevance = rank_relevance
         self.refit_on_validation = refit_on_validation
         self.blend_place_scores = blend_place_scores
+        self.refit_on_calibration = refit_on_calibration
         self.feature_manifest_hash = feature_manifest_hash
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -258,7 +319,7 @@ class RacePipeline:
                 "The 'place_method' parameter of RacePipeline must be one of ('auto', 'harville', 'direct'). "
                 f"Got {self.place_method!r} instead."
             )
-        for name in ("refit_on_validation", "blend_place_scores"):
+        for name in ("refit_on_validation", "blend_place_scores", "refit_on_calibration"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"The '{name}' parameter of RacePipeline must be a bool. Got {getattr(self, name)!r} instead."
@@ -415,19 +476,47 @@ class RacePipeline:
         # also learn from the latest races before the calibration slice; the temperatures, blend weights and
         # Harville exponents stay those fitted above on the early-stopped boosters' out-of-sample validation
         # scores. Chosen on 2003 (docs/models.md): blend pseudo-R2 0.1465 against 0.1425 without it.
-        if self.refit_on_validation:
-            both = tr | va
+        def refit(rows: pd.Series, what: str) -> tuple[dict[str, GradientBooster], dict[str, GradientBooster]]:
+            """The six boosters trained on ``rows``, each with the current booster's number of trees."""
+            fitted: dict[str, dict[str, GradientBooster]] = {"win": {}, "place": {}}
             for lib in self.libraries:
                 for target, y, store, objective in targets(lib):
                     trees = store[lib].best_iteration_ + 1
-                    say(f"refitting {lib} {target} booster on train + validation ({trees} trees)")
-                    store[lib] = self._booster(lib, objective, target, n_estimators=trees).fit(
-                        X[both], y[both], race[both]
+                    say(f"refitting {lib} {target} booster on {what} ({trees} trees)")
+                    fitted[target][lib] = self._booster(lib, objective, target, n_estimators=trees).fit(
+                        X[rows], y[rows], race[rows]
                     )
+            return fitted["win"], fitted["place"]
+
+        if self.refit_on_validation:
+            self.win_boosters_, self.place_boosters_ = refit(tr | va, "train + validation")
 
         # 3. calibration slice: choose the place method, fit calibrators and intervals
         say("calibrating on the latest races of the window")
-        cal = self._base(frame[ca])
+        if self.refit_on_calibration:
+            # cross-fitting: each half of the calibration slice is scored by boosters trained on the other half
+            # (and on train + validation), so the calibrators see out-of-sample scores of boosters that, like the
+            # final ones, learned the calibration year; then the final boosters learn the whole window
+            first, second = calibration_halves(dates, frame[self.race_col], ca)
+            self.calibration_halves_ = {
+                "first_end": str(dates[first].max().date()),
+                "second_start": str(dates[second].min().date()),
+                "races": {
+                    k: int(frame.loc[m, self.race_col].nunique()) for k, m in (("first", first), ("second", second))
+                },
+            }
+            logger.info("cross-fitted calibration halves: %s", self.calibration_halves_)
+            scored = []
+            for learned, held_out, what in (
+                (first, second, "train + validation + first calibration half"),
+                (second, first, "train + validation + second calibration half"),
+            ):
+                win, place = refit(tr | va | learned, what)
+                scored.append(self._base(frame[held_out], win_boosters=win, place_boosters=place))
+            cal = pd.concat(scored).loc[frame.index[ca.to_numpy()]]
+            self.win_boosters_, self.place_boosters_ = refit(tr | va | ca, "train + validation + calibration")
+        else:
+            cal = self._base(frame[ca])
         p_place_h = cal["place_prob_harville"].to_numpy()
         p_place_d = cal["place_prob_direct"].to_numpy()
         self.place_log_loss_ = {
@@ -502,19 +591,26 @@ class RacePipeline:
         return shared
 
     def _base(
-        self, frame: pd.DataFrame, inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures] | None = None
+        self,
+        frame: pd.DataFrame,
+        inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures] | None = None,
+        win_boosters: Mapping[str, GradientBooster] | None = None,
+        place_boosters: Mapping[str, GradientBooster] | None = None,
     ) -> pd.DataFrame:
-        """Uncalibrated per-model and blended win probabilities, and both place estimates."""
+        """Uncalibrated per-model and blended win probabilities, and both place estimates; by the stored boosters,
+        or by ``win_boosters`` and ``place_boosters`` in their place (the cross-fitted calibration scores)."""
         inputs = inputs or self._inputs(frame)
+        win_boosters = self.win_boosters_ if win_boosters is None else win_boosters
+        place_boosters = self.place_boosters_ if place_boosters is None else place_boosters
         race = frame[self.race_col].to_numpy()
         out: dict[str, np.ndarray] = {}  # one DataFrame at the end: column inserts cost more than a card's trees
         # each booster scored once: a place booster's logit gives the direct place probability and, when the blend
         # takes the place boosters too, their race-softmax win probability
-        scores = {lib: b.decision_function(inputs(b)) for lib, b in self.win_boosters_.items()}
-        place_scores = {lib: b.decision_function(inputs(b)) for lib, b in self.place_boosters_.items()}
+        scores = {lib: b.decision_function(inputs(b)) for lib, b in win_boosters.items()}
+        place_scores = {lib: b.decision_function(inputs(b)) for lib, b in place_boosters.items()}
         scores.update({f"{lib}_place": s for lib, s in place_scores.items()})
         probs = [self.softmax_[name].predict_proba(scores[name], race) for name, _ in self.blend_members()]
-        for lib, p in zip(self.win_boosters_, probs, strict=False):  # the win boosters come first
+        for lib, p in zip(win_boosters, probs, strict=False):  # the win boosters come first
             out[f"{lib}_win"] = p
         out["win_prob_base"] = self.blend_.predict_proba(probs, race)
         out["place_prob_harville"] = self.harville_.predict_place(out["win_prob_base"], race)
@@ -593,32 +689,33 @@ class RacePipeline:
         frame: pd.DataFrame,
         inputs: Callable[[GradientBooster], pd.DataFrame | PreparedFeatures],
         pool: Executor | None = None,
-    ) -> tuple[int, list[tuple[float, Future[np.ndarray]]]]:
-        """Each blend member's TreeSHAP with its weight in the blended log-score: computed now, or with ``pool``
-        started on its threads (the compiled kernels and the libraries' native calls release the GIL). Every
-        booster's inputs are prepared first, on the calling thread, so that the threads only read them."""
+    ) -> tuple[int, list[float], _SharedTasks]:
+        """Each blend member's TreeSHAP as a task, with its weight in the blended log-score. With ``pool``, one of
+        its threads starts on the tasks at once (the compiled kernels and the libraries' native calls release the
+        GIL) and the caller takes the tasks left when it asks for the sum; without, the caller runs them all
+        then. Every booster's inputs are prepared first, on the calling thread, so that the threads only read
+        them."""
         if not hasattr(self, "blend_"):
             raise method_order_error("fit", "contributions")
-        parts = []
+        scales, tasks = [], []
         for weight, (name, booster) in zip(self.blend_.weights_, self.blend_members(), strict=True):
             if weight == 0:
                 continue
             prepared = inputs(booster)
-            if pool is None:
-                future: Future[np.ndarray] = Future()
-                future.set_result(booster.contributions(prepared))
-            else:
-                if booster.library == "catboost" and isinstance(prepared, PreparedFeatures):
-                    booster.catboost_pool(prepared)  # built once here, not raced for by two threads
-                future = pool.submit(booster.contributions, prepared)
-            parts.append((weight / self.softmax_[name].temperature_, future))
-        return len(frame), parts
+            if booster.library == "catboost" and isinstance(prepared, PreparedFeatures):
+                booster.catboost_pool(prepared)  # built once here, not raced for by two threads
+            scales.append(weight / self.softmax_[name].temperature_)
+            tasks.append(functools.partial(booster.contributions, prepared))
+        shared = _SharedTasks(tasks)
+        if pool is not None:
+            pool.submit(shared.run)
+        return len(frame), scales, shared
 
-    def _sum_contributions(self, explained: tuple[int, list[tuple[float, Future[np.ndarray]]]]) -> np.ndarray:
-        n, parts = explained
+    def _sum_contributions(self, explained: tuple[int, list[float], _SharedTasks]) -> np.ndarray:
+        n, scales, shared = explained
         total = np.zeros((n, len(self.feature_columns_)))
-        for scale, future in parts:  # in the members' order: the same sums whether computed now or on threads
-            total += scale * future.result()
+        for scale, part in zip(scales, shared.results(), strict=True):  # in the members' order, whoever ran them
+            total += scale * part
         return total
 
     def _top(self, contrib: np.ndarray) -> list[list[dict[str, float | str]]]:
