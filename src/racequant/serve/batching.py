@@ -132,15 +132,38 @@ class PredictionPool(JobQueue):
 
     # --- the worker threads ---
     def _serve(self, jobs: list[_Job]) -> None:
-        results: list[list[dict[str, Any]]] | None = None
-        if len(jobs) > 1:
+        try:
+            answers = predict_each(self.predictor, [(j.card, j.as_of) for j in jobs])
+        except BaseException as exc:  # not an Exception (predict_each answers those): no request waits forever
+            for job in jobs:
+                job.future.set_exception(exc)
+            raise
+        for job, (ok, value) in zip(jobs, answers, strict=True):
             try:
-                results = self.predictor.predict_many([(j.card, j.as_of) for j in jobs])  # type: ignore[attr-defined]
-            except Exception:  # one bad card must not fail its companions: each is retried alone
-                logger.info("a batch of %d cards failed; predicting them one by one", len(jobs), exc_info=True)
-        for k, job in enumerate(jobs):
-            try:
-                records = results[k] if results is not None else self.predictor.predict(job.card, job.as_of)
-                job.future.set_result(job.finish(records))
+                if not ok:
+                    raise value
+                job.future.set_result(job.finish(value))
             except BaseException as exc:  # handed to the request, which answers it
                 job.future.set_exception(exc)
+
+
+def predict_each(predictor: Any, cards: list[tuple[Any, datetime | None]]) -> list[tuple[bool, Any]]:
+    """(True, records) or (False, error) per card: a batch in one ``predict_many`` call when the predictor has one,
+    card by card if that call fails (one bad card must not fail its companions). Used by the worker threads and
+    by the model's worker processes alike."""
+    if len(cards) > 1 and callable(getattr(predictor, "predict_many", None)):
+        try:
+            return [(True, records) for records in predictor.predict_many(cards)]
+        except Exception:
+            logger.info("a batch of %d cards failed; predicting them one by one", len(cards), exc_info=True)
+    answers: list[tuple[bool, Any]] = []
+    for card, as_of in cards:
+        try:
+            answers.append((True, predictor.predict(card, as_of)))
+        except Exception as exc:
+            if isinstance(exc, RacequantError):
+                logger.info("a card failed in the model worker: %s", exc)
+            else:
+                logger.error("a card failed in the model worker", exc_info=True)
+            answers.append((False, exc))
+    return answers

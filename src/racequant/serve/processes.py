@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from racequant.errors import RacequantError
-from racequant.serve.batching import JobQueue, _Job
+from racequant.serve.batching import JobQueue, _Job, predict_each
 from racequant.serve.errors import ServiceUnavailableError
 from racequant.serve.predictor import Predictor
 
@@ -71,23 +71,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _predict_cards(predictor: Predictor, cards: list[tuple[Any, datetime | None]]) -> list[tuple[bool, Any]]:
-    """(True, records) or (False, error) per card: a batch in one call, card by card if that call fails."""
-    if len(cards) > 1 and callable(getattr(predictor, "predict_many", None)):
-        try:
-            return [(True, records) for records in predictor.predict_many(cards)]  # type: ignore[attr-defined]
-        except Exception:  # one bad card must not fail its companions: each is retried alone
-            logger.info("a batch of %d cards failed; predicting them one by one", len(cards), exc_info=True)
-    answers: list[tuple[bool, Any]] = []
-    for card, as_of in cards:
-        try:
-            answers.append((True, predictor.predict(card, as_of)))
-        except Exception as exc:
-            if isinstance(exc, RacequantError):
-                logger.info("a card failed in the model worker: %s", exc)
-            else:
-                logger.error("a card failed in the model worker", exc_info=True)
-            answers.append((False, _portable(exc)))
-    return answers
+    """``predict_each``, with each error made safe to send back to the server."""
+    return [(ok, value if ok else _portable(value)) for ok, value in predict_each(predictor, cards)]
 
 
 def _child_main(conn: Connection, source: PredictorSource, log_level: str) -> None:
