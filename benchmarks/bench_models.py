@@ -142,12 +142,21 @@ def main() -> None:
     )
     parser.add_argument("--rank-relevance", default=None, choices=["win", "graded"])
     parser.add_argument(
+        "--refit-on-calibration",
+        action="store_true",
+        default=None,
+        help="cross-fitted calibration: the boosters also learn the calibration slice (RacePipeline docstring)",
+    )
+    parser.add_argument(
         "--validation-only",
         action="store_true",
         help="fit on races before 2004 and score the 2003 calibration slice (uncalibrated); never touch 2004+",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.validation_only and args.refit_on_calibration:
+        # the stored boosters would have learned the very races --validation-only scores
+        parser.error("--validation-only scores the calibration slice, which --refit-on-calibration trains on")
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent")
         return
@@ -176,6 +185,7 @@ def main() -> None:
         "n_estimators": args.n_estimators,
         "learning_rate": args.learning_rate,
         "min_group_size": args.min_group_size,
+        "refit_on_calibration": args.refit_on_calibration,
     }
     pipe = RacePipeline(
         feature_manifest_hash=feature_version(), **{k: v for k, v in overrides.items() if v is not None}
