@@ -296,3 +296,170 @@ def test_feature_sql_the_compiler_does_not_know_sends_every_card_to_sql_with_one
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "does not compile" in r.getMessage()]
     assert len(warnings) == 1
     assert mismatched_columns(features_for_card(conn, card, compiled=False), frames[1]) == {}
+
+
+def _case_table(k: list[float | None]) -> tuple[duckdb.DuckDBPyConnection, dict[str, card_engine.Col]]:
+    """A table of DOUBLE, DECIMAL and VARCHAR values with NULLs, and the condition column k."""
+    rng = np.random.default_rng(len(k))
+    n = len(k)
+    data = pd.DataFrame(
+        {
+            "k": k,
+            "d": [None if i % 5 == 0 else float(v) for i, v in enumerate(rng.random(n) * 10)],
+            "y": [None if i % 4 == 1 else f"{v / 10**4:.4f}" for i, v in enumerate(rng.integers(-(10**8), 10**8, n))],
+            "s": [None if i % 6 == 2 else f"s{i}" for i in range(n)],
+        }
+    )
+    conn = duckdb.connect()
+    conn.register("src", data)
+    conn.execute("CREATE TABLE t AS SELECT k::DOUBLE AS k, d::DOUBLE AS d, CAST(y AS DECIMAL(18, 4)) AS y, s FROM src")
+    return conn, card_engine._fetch(conn, "t", "rowid")
+
+
+@pytest.mark.parametrize(
+    "k",
+    [
+        [1.0] * 30,  # the condition holds on every row: the THEN itself
+        [None if i % 3 == 0 else (1.0 if i % 2 else -1.0) for i in range(30)],  # every branch, NULL conditions
+        [-1.0] * 30,
+        [None] * 30,
+    ],
+    ids=["all true", "mixed with nulls", "all false", "all null"],
+)
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "CASE WHEN k > 0 THEN d END",
+        "CASE WHEN k > 0 THEN y ELSE d END",
+        "CASE WHEN k IS NOT NULL THEN y * 2 ELSE 1.5 END",
+        "CASE WHEN k > 0 THEN NULL ELSE d END",
+        "CASE WHEN k > 0 THEN s ELSE 'no' END",
+        "CASE WHEN k > 0 AND d > 1 THEN coalesce(y, 0) END",
+    ],
+)
+def test_a_case_with_one_check_equals_the_general_case_and_duckdb(k, expr, monkeypatch):
+    conn, cols = _case_table(k)
+    n = len(k)
+    fn = card_engine.compile_expr(card_engine.parse_exprs([f"{expr} AS out"])[0])
+    with np.errstate(all="ignore"):
+        fast = fn(card_engine.Ctx(n, cols, None))
+        with monkeypatch.context() as m:  # the general path: np.where over every row
+            m.setattr(card_engine, "_all_of", lambda *args: False)
+            general = fn(card_engine.Ctx(n, cols, None))
+    assert (fast.kind, fast.scale, fast.width) == (general.kind, general.scale, general.width)
+    assert fast.v.dtype == general.v.dtype and fast.v.shape == general.v.shape
+    assert fast.null.dtype == general.null.dtype and fast.null.shape == general.null.shape
+    assert np.array_equal(fast.null, general.null)
+    ok = ~general.null
+    if general.kind == "str":
+        assert fast.v[ok].tolist() == general.v[ok].tolist()
+        expected = conn.execute(f"SELECT {expr} FROM t ORDER BY rowid").fetchnumpy()
+        want = [None if v is None or v is pd.NA else v for v in next(iter(expected.values())).tolist()]
+        assert [None if null else v for v, null in zip(fast.v.tolist(), fast.null.tolist(), strict=True)] == want
+        return
+    assert np.array_equal(fast.v[ok].view(np.int64), general.v[ok].view(np.int64))
+    expected = conn.execute(f"SELECT CAST({expr} AS DOUBLE) FROM t ORDER BY rowid").fetchnumpy()
+    expected = np.ma.filled(next(iter(expected.values())).astype(float), np.nan)
+    got = card_engine.to_double(fast) if fast.kind != "null" else fast
+    got_v = np.where(got.null, np.nan, got.v.astype(float))
+    same = (got_v.view(np.int64) == expected.view(np.int64)) | (np.isnan(got_v) & np.isnan(expected))
+    assert same.all(), (expr, np.flatnonzero(~same)[:5])
+
+
+def test_the_one_check_case_takes_the_then_itself_where_the_condition_always_holds(monkeypatch):
+    _conn, cols = _case_table([1.0] * 20)
+    taken = []
+    all_of = card_engine._all_of
+    monkeypatch.setattr(card_engine, "_all_of", lambda *args: taken.append(all_of(*args)) or taken[-1])
+    fn = card_engine.compile_expr(card_engine.parse_exprs(["CASE WHEN k > 0 THEN d END AS out"])[0])
+    out = fn(card_engine.Ctx(20, cols, None))
+    assert taken == [True]
+    assert out.v is cols["d"].v and out.null is cols["d"].null
+
+
+def test_repeated_subexpressions_are_computed_once_with_the_values_of_each_alone():
+    _conn, cols = _case_table([None if i % 3 == 0 else float(i % 4 - 1) for i in range(24)])
+    exprs = [
+        "coalesce(y, 0) + d AS a",
+        "coalesce(y, 0) * 2 AS b",
+        "CASE WHEN coalesce(y, 0) > 0 THEN list_avg([d, d * 3]) END AS c",
+        "list_sum(list_transform([d, d + 1], lambda v: v + coalesce(y, 0))) AS e",  # inside a lambda: its own
+        "list_avg([d, d * 3]) - coalesce(y, 0) AS f",
+        "a + 1 AS g",
+        "CASE WHEN coalesce(y, 0) > 0 THEN list_avg([d, d * 3]) END / 2 AS h",
+    ]
+    nodes = card_engine.parse_exprs(exprs)
+    items = card_engine._items(nodes)
+    ctx = card_engine.Ctx(24, cols, None)
+    with np.errstate(all="ignore"):
+        shared = card_engine._stage(ctx, items)
+        assert len(ctx.shared) >= 3  # coalesce(y, 0), list_avg([d, d * 3]), the CASE
+        alone_items = [(name, card_engine.compile_expr(node)) for (name, _fn), node in zip(items, nodes, strict=True)]
+        alone = card_engine._stage(card_engine.Ctx(24, cols, None), alone_items)
+    assert list(shared) == list(alone)
+    for name, col in alone.items():
+        got = shared[name]
+        assert (got.kind, got.scale, got.v.shape, got.v.dtype) == (col.kind, col.scale, col.v.shape, col.v.dtype), name
+        assert np.array_equal(got.null, col.null), name
+        assert np.array_equal(got.v[~col.null], col.v[~col.null]), name
+
+
+def _dec_to_double_one_by_one(v: np.ndarray, scale: int) -> np.ndarray:
+    """DuckDB's DECIMAL -> DOUBLE as the engine first wrote it: integer part + fraction, value by value."""
+    out = v.astype(np.float64) / 10.0**scale
+    p = 10**scale
+    for i, x in enumerate(v.tolist()):
+        if abs(x) > 2**53:
+            q = abs(x) // p * (1 if x >= 0 else -1)
+            out[i] = float(q) + float(x - q * p) / 10.0**scale
+    return out
+
+
+@pytest.mark.parametrize("scale", [1, 4, 12, 18])
+def test_wide_decimals_convert_to_double_as_value_by_value(scale):
+    rng = np.random.default_rng(scale)
+    v = np.concatenate(
+        [
+            rng.integers(-(2**62), 2**62, 500),
+            rng.integers(-(2**54), 2**54, 500),
+            np.array([2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63) + 1, 0, 1, -1], np.int64),
+        ]
+    )
+    got = card_engine._dec_to_double(v, scale)
+    assert np.array_equal(got.view(np.int64), _dec_to_double_one_by_one(v, scale).view(np.int64))
+
+
+def test_prefix_totals_at_once_equal_each_total():
+    rng = np.random.default_rng(5)
+    rows = 300
+    cols = {
+        "a": card_engine.Col("int", rng.integers(0, 9, rows), np.zeros(rows, bool)),
+        "b": card_engine.Col("dec", rng.integers(-(10**6), 10**6, rows), rng.random(rows) < 0.2, 2, 38),
+        "c": card_engine.Col("int", rng.integers(0, 2, rows), rng.random(rows) < 0.5),
+    }
+    types = {"a": ("int", 0, 38), "b": ("dec", 2, 38), "c": ("int", 0, 38)}
+    prefix = card_engine._Prefix.of(cols, np.arange(rows), ["a", "b", "c"], types)
+    lo = rng.integers(0, rows, 40)
+    hi = np.minimum(lo + rng.integers(0, 30, 40), rows)
+    lo[:3], hi[:3] = 0, 0  # empty ranges: NULL totals
+    for name, got in zip(prefix.sums, prefix.totals(lo, hi), strict=True):
+        want = prefix.total(name, lo, hi)
+        assert (got.kind, got.scale, got.width) == (want.kind, want.scale, want.width)
+        assert np.array_equal(got.v, want.v) and np.array_equal(got.null, want.null)
+
+
+def test_output_strings_are_the_arrays_pandas_builds():
+    values = np.array(["a", None, "b", "", "a"], dtype=object)
+    got = card_engine._strings(values)
+    want = pd.array(values, dtype="str")
+    assert got.dtype == want.dtype
+    pd.testing.assert_extension_array_equal(got, want)
+
+
+def test_row_values_by_tolist_equal_each_value():
+    c = card_engine.Col("str", np.array(["x", None, "y"], dtype=object), np.array([False, True, False]))
+    d = card_engine.Col("dec", np.array([5, 7, -3], np.int64), np.array([False, False, True]), 1, 18)
+    for col in (c, d):
+        got = card_engine._pys(col, 3)
+        assert got == [card_engine._py(col, i) for i in range(3)]
+        assert [type(x) for x in got] == [type(card_engine._py(col, i)) for i in range(3)]
