@@ -463,3 +463,63 @@ def test_row_values_by_tolist_equal_each_value():
         got = card_engine._pys(col, 3)
         assert got == [card_engine._py(col, i) for i in range(3)]
         assert [type(x) for x in got] == [type(card_engine._py(col, i)) for i in range(3)]
+
+
+def _horse_windows() -> list[tuple[str, str | None, dict]]:
+    """(function, argument, frame spec) of every window call of the horse stage, as the compiler reads them."""
+    from racequant.features import build as b
+
+    found = []
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for x in node:
+                walk(x)
+        elif isinstance(node, dict):
+            if node.get("class") == "WINDOW":
+                func = node["function_name"].lower()
+                args = node.get("arguments", [])
+                arg = (
+                    args[0]["expression"]["column_names"][-1]
+                    if args and "column_names" in args[0]["expression"]
+                    else None
+                )
+                found.append((func, arg, card_engine._window_spec(node)))
+            for x in node.values():
+                walk(x)
+
+    walk(card_engine.parse_select(dict(b._target_steps())["_fx_h"])["select_list"])
+    return found
+
+
+def test_windows_over_the_last_runs_equal_the_general_frame(simulated):
+    """The last N runs (and lag's last run) read from the matrix's last columns give what the general frame gives:
+    a partition by horse_id (always equal within a horse's runs) takes the general path for the same frame."""
+    from racequant.features.build import _card_records
+
+    conn, full = simulated
+    engine = card_engine.engine_for(conn, _card_state_hooks())
+    windows = _horse_windows()
+    assert {f for f, _a, s in windows if not s["partition"] and (s["last"] or s["lag_only"])} >= {"lag", "avg", "sum"}
+    assert max(e - s for s, e in engine.run_index.values()) > 6  # wider than the last 5 runs and one more
+    checked = 0
+    for race_id in full["race_id"].drop_duplicates().tolist()[-12:]:
+        race, runners, horses = _card_records(card_of(conn, race_id))
+        last_seq, _own = engine.history(race, race["date"])
+        with np.errstate(all="ignore"):
+            base = engine._base(race, runners, horses, last_seq)
+            fast = engine.horse_window(base, last_seq)
+            general = engine.horse_window(base, last_seq)
+            for func, arg, spec in windows:
+                got = fast(func, arg, spec)
+                want = general(func, arg, {**spec, "partition": ["horse_id", *spec["partition"]]})
+                assert (got.kind, got.scale, got.v.dtype) == (want.kind, want.scale, want.v.dtype), (func, arg)
+                assert np.array_equal(got.null, want.null), (func, arg, spec)
+                if got.v.dtype == object:
+                    assert got.v.tolist() == want.v.tolist(), (func, arg, spec)
+                elif got.v.dtype.kind == "f":  # every slot, NULL ones too, bit for bit
+                    assert np.array_equal(got.v.view(np.int64), want.v.view(np.int64)), (func, arg, spec)
+                else:
+                    assert np.array_equal(got.v, want.v), (func, arg, spec)
+                checked += int((~got.null).sum())
+    assert checked > 1000

@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -1306,6 +1306,22 @@ class CardEngine:
     mom: dict[str, Col]
     horses: dict[str, tuple[Any, ...]]
     run_types: dict[str, tuple[str, int, int]]
+    # VARCHAR run column -> (string -> code, each run's code, -1 if NULL): partitions compare codes, not strings
+    run_codes: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)
+
+    def codes(self, name: str) -> tuple[dict[str, int], np.ndarray]:
+        """The codes of a VARCHAR run column (made at its first use; the same whichever thread makes them)."""
+        out = self.run_codes.get(name)
+        if out is None:
+            c = self.runs[name]
+            values = [None if null else x for x, null in zip(c.v.tolist(), c.null.tolist(), strict=True)]
+            mapping: dict[str, int] = {}
+            for x in values:
+                if x is not None and x not in mapping:
+                    mapping[x] = len(mapping)
+            run = np.array([-1 if x is None else mapping[x] for x in values], np.int64)
+            out = self.run_codes[name] = (mapping, run)
+        return out
 
     @classmethod
     def load(cls, conn: duckdb.DuckDBPyConnection, fingerprint: str, program: Program) -> CardEngine:
@@ -1423,10 +1439,10 @@ class CardEngine:
         if len(set(ids)) != n or None in ids:
             raise Unsupported("a horse twice on one card")
         env: dict[str, Col] = {}
+        no_value, null = np.zeros(n, np.int64), np.ones(n, bool)  # every NULL column (Cols are never changed)
         for c, (kind, scale, width) in self.run_types.items():
             if kind != "other":
-                env[c] = _const("int", None, (n,))
-                env[c].kind, env[c].scale, env[c].width = kind, scale, width
+                env[c] = Col(kind, no_value, null, scale, width)
         race_cols = self.program.race_columns(race)
         for c, col in race_cols.items():
             env[c] = _rep(col, n)
@@ -1510,14 +1526,30 @@ class CardEngine:
         frames: dict[tuple[Any, ...], np.ndarray] = {}
         invalid = ~valid
 
+        def stored(name: str) -> Col:
+            src = self.runs.get(name)
+            if src is None:
+                raise Unsupported(f"stored run column {name!r}")
+            return src
+
         def col(name: str) -> Col:
             c = gathered.get(name)
             if c is None:
-                src = self.runs.get(name)
-                if src is None:
-                    raise Unsupported(f"stored run column {name!r}")
+                src = stored(name)
                 c = Col(src.kind, src.v[idx], src.null[idx] | invalid, src.scale, src.width)
                 gathered[name] = c
+            return c
+
+        narrowed: dict[tuple[str, int], Col] = {}
+
+        def last_cols(name: str, m: int) -> Col:
+            """``col(name)``'s last m columns (gathered alone)."""
+            c = narrowed.get((name, m))
+            if c is None:
+                src = stored(name)
+                cols = idx[:, -m:]
+                c = Col(src.kind, src.v[cols], src.null[cols] | invalid[:, -m:], src.scale, src.width)
+                narrowed[(name, m)] = c
             return c
 
         def frame(spec: dict[str, Any]) -> np.ndarray:
@@ -1526,7 +1558,17 @@ class CardEngine:
             if f is None:
                 f = valid.copy()
                 for p in spec["partition"]:
-                    runs_p, card_p = col(p), base[p]
+                    card_p = base[p]
+                    if stored(p).kind == "str" and card_p.kind == "str" and card_p.v.shape == (len(ids),):
+                        # equal strings (NULL equal to NULL): equal codes, -1 for NULL, -2 for a string no run has
+                        mapping, run_codes = self.codes(p)
+                        card = [
+                            -1 if null else mapping.get(x, -2)
+                            for x, null in zip(card_p.v.tolist(), card_p.null.tolist(), strict=True)
+                        ]
+                        f &= run_codes[idx] == np.array(card, np.int64)[:, None]
+                        continue
+                    runs_p = col(p)
                     if runs_p.kind == "str":
                         same = np.equal(
                             np.where(runs_p.null, None, runs_p.v), np.where(card_p.null, None, card_p.v)[:, None]
@@ -1559,8 +1601,16 @@ class CardEngine:
             key = (arg, _frame_key(spec))
             out = masked.get(key)
             if out is None:
-                c = col(arg)
-                ok = frame(spec) & ~c.null
+                last = spec["last"]
+                if not spec["partition"] and last is not None and last + 1 < width:
+                    # the horse's last N runs are the matrix's last N columns (runs are right-aligned): the
+                    # aggregates read those and one column outside the frame, so that a DOUBLE sum still starts
+                    # from the 0.0 of the columns left out (the same additions, the same bits)
+                    c = last_cols(arg, last + 1)
+                    f = frame(spec)[:, -(last + 1) :]
+                else:
+                    c, f = col(arg), frame(spec)
+                ok = f & ~c.null
                 k = ok.sum(axis=1)
                 out = masked[key] = (c, ok, k, k == 0)
             return out
@@ -1585,6 +1635,14 @@ class CardEngine:
                     raise Unsupported(f"{func}(*)")
                 k = frame(spec).sum(axis=1).astype(np.int64)
                 return Col("int", k, np.zeros(len(k), bool))
+            if func == "lag" and not spec["partition"]:
+                # the frame is the horse's last run, the matrix's last column: its value, or NULL (with the
+                # value of the first column, as the argmax below gives it)
+                src = stored(arg)
+                last_run = idx[:, -1]
+                null = src.null[last_run] | invalid[:, -1]
+                v = np.where(null, src.v[idx[:, 0]], src.v[last_run])
+                return Col(src.kind, v, null, src.scale, src.width)
             c, ok, k, none = values(arg, spec)
             if func == "count":
                 return Col("int", k.astype(np.int64), np.zeros(len(k), bool))
@@ -1664,6 +1722,8 @@ def _none(x: Any) -> Any:
 
 def _str(x: Any) -> str | None:
     """A VARCHAR of the card: strings only (the SQL path would cast other values its own way)."""
+    if type(x) is str:
+        return x
     x = _none(x)
     if x is None or isinstance(x, str):
         return x
@@ -1677,6 +1737,8 @@ def _obj(values: Sequence[Any]) -> Col:
 
 
 def _int(x: Any) -> int | None:
+    if type(x) is int:
+        return x
     x = _none(x)
     if x is None:
         return None
@@ -1693,6 +1755,8 @@ def _ints(values: Sequence[Any]) -> Col:
 
 
 def _dbl(x: Any) -> float | None:
+    if type(x) is float and x == x:  # not NaN
+        return x
     x = _none(x)
     if x is None:
         return None
