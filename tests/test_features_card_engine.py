@@ -523,3 +523,74 @@ def test_windows_over_the_last_runs_equal_the_general_frame(simulated):
                     assert np.array_equal(got.v, want.v), (func, arg, spec)
                 checked += int((~got.null).sum())
     assert checked > 1000
+
+
+def _common_all_by_sets(cols) -> tuple[str, int, int]:
+    """The engine's first rule for a CASE / coalesce type (sets of kinds), the reference of its fast path."""
+    kinds = {c.kind for c in cols} - {"null"}
+    if not kinds:
+        return "null", 0, 18
+    if kinds <= {"int", "dec", "dbl", "bool"}:
+        kind = next(k for k in ("dbl", "dec", "int", "bool") if k in kinds)
+    elif len(kinds) == 1:
+        kind = kinds.pop()
+    else:
+        raise card_engine.Unsupported("no common type")
+    scale = max((c.scale for c in cols if c.kind == "dec"), default=0)
+    width = max((c.width for c in cols if c.kind == "dec"), default=18)
+    return kind, scale, width
+
+
+def _numeric_common_by_sets(a, b) -> str:
+    kinds = {a.kind, b.kind} - {"null"}
+    if not kinds:
+        return "null"
+    if "dbl" in kinds:
+        return "dbl"
+    if "dec" in kinds:
+        return "dec"
+    if kinds <= {"int", "bool"}:
+        return "int"
+    if len(kinds) == 1:
+        return kinds.pop()
+    raise card_engine.Unsupported("no common type")
+
+
+def test_the_typing_rules_fast_paths_equal_the_rules_by_sets():
+    import itertools
+
+    def col(kind: str, scale: int) -> card_engine.Col:
+        return card_engine.Col(kind, np.zeros(2, np.int64), np.zeros(2, bool), scale, 10 + scale)
+
+    def same(rule, reference, *args) -> None:
+        try:
+            want = reference(*args)
+        except card_engine.Unsupported:
+            with pytest.raises(card_engine.Unsupported):
+                rule(*args)
+            return
+        assert rule(*args) == want, [c.kind for c in args[0]] if isinstance(args[0], list) else args
+
+    kinds = ["null", "int", "dec", "dbl", "bool", "str", "date"]
+    for size in (1, 2, 3):
+        for combo in itertools.product(kinds, repeat=size):
+            cols = [col(k, i + 1 if k == "dec" else 0) for i, k in enumerate(combo)]
+            same(card_engine._common_all, _common_all_by_sets, cols)
+            if size == 2:
+                same(card_engine._numeric_common, _numeric_common_by_sets, *cols)
+
+
+def test_a_product_by_a_power_of_ten_gives_up_where_the_general_check_does():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        a = rng.integers(-(10 ** int(rng.integers(1, 19))), 10 ** int(rng.integers(1, 19)), 6)
+        b = np.int64(10 ** int(rng.integers(0, 7)))
+        fa = np.abs(a.astype(np.float64)) * abs(float(b))
+        if fa.max() >= 4e18:
+            with pytest.raises(card_engine.Unsupported):
+                card_engine._mul_i64(a, b)
+        else:
+            assert np.array_equal(card_engine._mul_i64(a, b), a * b)
+    edge = np.array([np.iinfo(np.int64).min, 4 * 10**17], np.int64)
+    with pytest.raises(card_engine.Unsupported):
+        card_engine._mul_i64(edge, np.int64(1))

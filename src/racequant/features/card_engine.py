@@ -81,8 +81,10 @@ def _dec_to_double(v: np.ndarray, scale: int) -> np.ndarray:
     """DuckDB's DECIMAL -> DOUBLE: exact int / 10**scale, or integer part + fraction beyond 2**53."""
     if scale == 0:
         return v.astype(np.float64)
-    big = np.abs(v) > _TWO53
     out = v.astype(np.float64) / (10.0**scale)
+    if not v.size or (v.max() <= _TWO53 and v.min() >= -_TWO53):  # no |v| beyond 2**53
+        return out
+    big = np.abs(v) > _TWO53
     if not big.any():
         return out
     p = 10**scale
@@ -159,6 +161,11 @@ def to_dec(c: Col, scale: int, width: int = 18) -> Col:
 def _mul_i64(a: np.ndarray, b: np.ndarray | np.int64) -> np.ndarray:
     """Exact int64 product (the engine gives up rather than wrap around)."""
     out = np.multiply(a, b)
+    if np.ndim(b) == 0 and a.dtype == np.int64:
+        # a scalar factor: the largest |a| decides, as below (int -> float rounding and * |b| are monotonic)
+        if a.size and float(max(int(a.max()), -int(a.min()))) * abs(float(b)) >= 4e18:
+            raise Unsupported("DECIMAL product beyond int64")
+        return out
     fa = np.abs(np.asarray(a, dtype=np.float64)) * np.abs(np.asarray(b, dtype=np.float64))
     if fa.size and fa.max() >= 4e18:
         raise Unsupported("DECIMAL product beyond int64")
@@ -166,8 +173,12 @@ def _mul_i64(a: np.ndarray, b: np.ndarray | np.int64) -> np.ndarray:
 
 
 def _numeric_common(a: Col, b: Col) -> str:
-    if a.kind == b.kind and a.kind in ("dbl", "dec", "int"):
-        return a.kind
+    if a.kind == "dbl" or b.kind == "dbl":  # as below: DOUBLE first, then DECIMAL
+        return "dbl"
+    if a.kind == "dec" or b.kind == "dec":
+        return "dec"
+    if a.kind == b.kind == "int":
+        return "int"
     kinds = {a.kind, b.kind} - {"null"}
     if not kinds:
         return "null"
@@ -211,12 +222,18 @@ def _as_kind(c: Col, kind: str, scale: int = 0, width: int = 18) -> Col:
 
 def _common_all(cols: Sequence[Col]) -> tuple[str, int, int]:
     """The type DuckDB gives a CASE / coalesce / greatest of these values: (kind, scale, width)."""
-    first = cols[0].kind
-    if first != "dec":
-        for c in cols:
-            if c.kind != first:
-                break
-        else:  # one kind, not DECIMAL
+    first = None
+    for c in cols:
+        if c.kind == "null":
+            continue
+        if first is None:
+            first = c.kind
+        elif c.kind != first:
+            break
+    else:  # one kind besides NULL (or none), not DECIMAL: as below
+        if first is None:
+            return "null", 0, 18
+        if first != "dec":
             return first, 0, 18
     kinds = {c.kind for c in cols} - {"null"}
     if not kinds:
@@ -723,6 +740,9 @@ def _compile_arith(op: str, left: Fn, right: Fn) -> Fn:
     return arith
 
 
+_INT_OPS: dict[str, Callable[..., np.ndarray]] = {"+": np.add, "-": np.subtract, "*": _mul_i64}
+
+
 def _all_of(take: np.ndarray, res: Col, v: np.ndarray, null: np.ndarray) -> bool:
     """Whether ``np.where(take, res.v, v)`` and ``np.where(take, res.null, null)`` are ``res.v`` and ``res.null``
     (value, shape and dtype): ``take`` is true on every row, no operand broadcasts beyond ``res``'s shape, and
@@ -750,12 +770,10 @@ def _arith(op: str, a: Col, b: Col) -> Col:
     if kind == "null":
         return Col("null", np.zeros(null.shape, np.int64), null)
     if kind == "dbl":
-        x, y = to_double(a), to_double(b)
-        fn = {"+": np.add, "-": np.subtract, "*": np.multiply}[op]
-        return Col("dbl", fn(x.v, y.v), null)
+        return Col("dbl", _DOUBLE_OPS[op](to_double(a).v, to_double(b).v), null)
     if kind == "int":
-        fn = {"+": np.add, "-": np.subtract, "*": _mul_i64}[op]
-        return Col("int", fn(a.v.astype(np.int64), b.v.astype(np.int64)), null)
+        fn = _INT_OPS[op]
+        return Col("int", fn(a.v.astype(np.int64, copy=False), b.v.astype(np.int64, copy=False)), null)
     sa = a.scale if a.kind == "dec" else 0
     sb = b.scale if b.kind == "dec" else 0
     width = min(38, max(a.width if a.kind == "dec" else 19, b.width if b.kind == "dec" else 19))
@@ -919,8 +937,13 @@ def _list_sum(c: Col) -> Col:
 
 def _dec_avg(total: np.ndarray, count: np.ndarray, scale: int) -> np.ndarray:
     """DuckDB's avg(DECIMAL): the exact sum / (count * 10**scale), in long double, rounded to DOUBLE."""
-    q = total.astype(np.longdouble) / (count.astype(np.longdouble) * np.longdouble(10.0**scale))
+    q = total.astype(np.longdouble) / (count.astype(np.longdouble) * _long_power(scale))
     return q.astype(np.float64)
+
+
+@functools.cache
+def _long_power(scale: int) -> np.longdouble:
+    return np.longdouble(10.0**scale)
 
 
 def _list_avg(c: Col) -> Col:
@@ -1185,11 +1208,10 @@ class _Prefix:
     def totals(self, lo: np.ndarray, hi: np.ndarray) -> list[Col]:
         """``total`` of every column (in ``sums`` order), the sums differenced at once."""
         diff = self.stacked[:, hi] - self.stacked[:, lo]
-        rows = hi - lo
+        no_rows = (hi - lo) == 0
         out = []
         for j, (kind, scale, width, _s, k) in enumerate(self.sums.values()):
-            counts = rows if k is None else k[hi] - k[lo]
-            out.append(Col(kind, diff[j], counts == 0, scale, width))
+            out.append(Col(kind, diff[j], no_rows if k is None else (k[hi] - k[lo]) == 0, scale, width))
         return out
 
     def total(self, name: str, lo: np.ndarray, hi: np.ndarray) -> Col:
