@@ -594,3 +594,51 @@ def test_a_product_by_a_power_of_ten_gives_up_where_the_general_check_does():
     edge = np.array([np.iinfo(np.int64).min, 4 * 10**17], np.int64)
     with pytest.raises(card_engine.Unsupported):
         card_engine._mul_i64(edge, np.int64(1))
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "CASE s WHEN 's1' THEN 10 WHEN 's3' THEN 9.5 WHEN 's1' THEN 1 WHEN 'none' THEN 2 END",  # a repeated value
+        "CASE s WHEN 's2' THEN 'a' WHEN 's4' THEN NULL ELSE 'other' END",
+        "CASE s WHEN 's5' THEN 1.25 WHEN 's7' THEN 3 ELSE 0.5 END",
+        "CASE CASE WHEN k > 0 THEN 1 WHEN k < 0 THEN 3 END WHEN 1 THEN 'one' WHEN 3 THEN 'x' WHEN 1 THEN 'again' END",
+        "CASE CASE WHEN k > 0 THEN 2 WHEN k < 0 THEN 1 END WHEN 1 THEN 'low' WHEN 2 THEN 'high' END",
+    ],
+)
+def test_a_case_of_constants_equals_the_general_case_and_duckdb(expr, monkeypatch):
+    k = [None if i % 5 == 0 else (1.0 if i % 3 else -1.0) for i in range(40)]
+    conn, cols = _case_table(k)
+    node = card_engine.parse_exprs([f"{expr} AS out"])[0]
+    switched, fell_back = [], []
+    real = card_engine._compile_switch
+
+    def recording(node, general):  # the outermost CASE's switch: did it run, did it leave it to the general CASE
+        fn = real(node, lambda ctx: fell_back.append(1) or general(ctx))
+        return None if fn is None else (lambda ctx: switched.append(1) or fn(ctx))
+
+    with monkeypatch.context() as m:
+        m.setattr(card_engine, "_compile_switch", recording)
+        switch = card_engine.compile_expr(node)
+    with monkeypatch.context() as m:
+        m.setattr(card_engine, "_compile_switch", lambda node, general: None)
+        general = card_engine.compile_expr(node)
+    got = [switch(card_engine.Ctx(40, cols, None)) for _ in range(2)]
+    assert switched and not fell_back
+    want = general(card_engine.Ctx(40, cols, None))
+    for out in got:
+        assert (out.kind, out.scale, out.width) == (want.kind, want.scale, want.width)
+        assert (out.v.dtype, out.v.shape, out.null.dtype, out.null.shape) == (
+            want.v.dtype,
+            want.v.shape,
+            want.null.dtype,
+            want.null.shape,
+        )
+        assert np.array_equal(out.null, want.null)
+        assert out.v.tolist() == want.v.tolist()  # NULL slots too
+    expected = conn.execute(f"SELECT ({expr})::VARCHAR FROM t ORDER BY rowid").fetchnumpy()
+    expected = [None if v is None or v is pd.NA else v for v in next(iter(expected.values())).tolist()]
+    if want.kind == "str":
+        assert [None if null else v for v, null in zip(want.v.tolist(), want.null.tolist(), strict=True)] == expected
+    else:
+        assert want.null.tolist() == [v is None for v in expected]

@@ -697,7 +697,71 @@ def _compile_case(node: dict[str, Any]) -> Fn:
             null = np.where(take, res.null, null)
         return Col(kind, v, null, scale, width)
 
-    return case
+    return _compile_switch(node, case) or case
+
+
+def _compile_switch(node: dict[str, Any], general: Fn) -> Fn | None:
+    """``CASE x WHEN c1 THEN r1 WHEN c2 THEN r2 ... ELSE r END`` with constant strings (or integers) c and
+    constant r, as ``race_class`` -> ``class_num``: each row's value looked up once instead of a comparison and
+    two ``np.where`` a check; the general CASE's result (the first equal c's r, else r, NULL x matching none;
+    the values, dtype and shape ``np.where`` gives). None where the CASE is not of this form."""
+    whens = [c["when_expr"] for c in node["case_checks"]]
+    if not all(
+        w["class"] == "COMPARISON" and w["type"] == "COMPARE_EQUAL" and w["right"]["class"] == "CONSTANT" for w in whens
+    ):
+        return None
+    if len({_text(w["left"]) for w in whens}) != 1:
+        return None
+    literals = {w["right"]["literal"]["kind"] for w in whens}
+    if literals == {"STRING"}:
+        key_kind, keys = "str", [w["right"]["literal"]["text"] for w in whens]
+    elif literals == {"INTEGER"}:
+        key_kind, keys = "int", [int(w["right"]["literal"]["text"]) for w in whens]
+    else:
+        return None
+    outcomes = [c["then_expr"] for c in node["case_checks"]] + [node["else_expr"]]
+    if not all(o["class"] == "CONSTANT" for o in outcomes):
+        return None
+    subject = compile_expr(whens[0]["left"])
+    constants = [_compile_constant(o["literal"]) for o in outcomes]
+    first: dict[Any, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    typed: list[tuple[str, int, int, list[Any], list[Any], np.dtype, np.dtype]] = []
+
+    def switch(ctx: Ctx) -> Col:
+        x = subject(ctx)
+        if x.kind != key_kind or x.v.ndim != 1 or x.v.shape != x.null.shape:
+            return general(ctx)
+        if not typed:  # constants: their common type and converted values are the same every call
+            results = [c(ctx) for c in constants]
+            kind, scale, width = _common_all(results)
+            if kind == "null":
+                return general(ctx)
+            results = [_as_kind(r, kind, scale, width) for r in results]
+            if any(r.v.shape != (1,) or r.null.shape != (1,) for r in results):
+                return general(ctx)
+            typed.append(
+                (
+                    kind,
+                    scale,
+                    width,
+                    [r.v[0] for r in results],
+                    [r.null[0] for r in results],
+                    np.result_type(*(r.v for r in results)),
+                    np.result_type(*(r.null for r in results)),
+                )
+            )
+        kind, scale, width, values, nulls, dtype, null_dtype = typed[0]
+        last = len(values) - 1
+        pick = [
+            last if null else first.get(value, last) for value, null in zip(x.v.tolist(), x.null.tolist(), strict=True)
+        ]
+        v = np.empty(len(pick), dtype)
+        v[:] = [values[i] for i in pick]
+        return Col(kind, v, np.array([nulls[i] for i in pick], null_dtype), scale, width)
+
+    return switch
 
 
 def _compile_case1(when: Fn, then: Fn, other: Fn) -> Fn:
