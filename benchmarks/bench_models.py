@@ -143,9 +143,10 @@ def main() -> None:
     parser.add_argument("--rank-relevance", default=None, choices=["win", "graded"])
     parser.add_argument(
         "--refit-on-calibration",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="cross-fitted calibration: the boosters also learn the calibration slice (RacePipeline docstring)",
+        help="cross-fitted calibration: the boosters also learn the calibration slice (RacePipeline's default; "
+        "--no-refit-on-calibration for the earlier default)",
     )
     parser.add_argument(
         "--validation-only",
@@ -154,9 +155,11 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    if args.validation_only and args.refit_on_calibration:
-        # the stored boosters would have learned the very races --validation-only scores
-        parser.error("--validation-only scores the calibration slice, which --refit-on-calibration trains on")
+    if args.validation_only:
+        if args.refit_on_calibration:
+            # the stored boosters would have learned the very races --validation-only scores
+            parser.error("--validation-only scores the calibration slice, which --refit-on-calibration trains on")
+        args.refit_on_calibration = False  # the boosters stop before the calibration slice it scores
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent")
         return

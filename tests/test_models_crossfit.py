@@ -1,5 +1,5 @@
-"""Cross-fitted calibration (RacePipeline(refit_on_calibration=True)): the boosters learn the calibration slice too,
-and the calibrators are fitted on scores of boosters that never saw the races they score."""
+"""Cross-fitted calibration (RacePipeline(refit_on_calibration=True), the default): the boosters learn the
+calibration slice too, and the calibrators are fitted on scores of boosters that never saw the races they score."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from racequant.calibration.metrics import pseudo_r2
 from racequant.models.boosters import GradientBooster
 from racequant.models.pipeline import RacePipeline, calibration_halves
 from racequant.models.place import n_places
@@ -52,8 +53,8 @@ class Fitted:
 
             mp.setattr(GradientBooster, "fit", recording_fit)
             mp.setattr(RacePipeline, "_base", recording_base)
-            self.cross = RacePipeline(**SETTINGS, refit_on_calibration=True).fit(self.train, FEATURES)
-        self.plain = RacePipeline(**SETTINGS).fit(self.train, FEATURES)
+            self.cross = RacePipeline(**SETTINGS).fit(self.train, FEATURES)  # the default
+        self.plain = RacePipeline(**SETTINGS, refit_on_calibration=False).fit(self.train, FEATURES)
 
     def calibration_rows(self) -> set[int]:
         end = pd.Timestamp(self.cross.training_window_["validation_end"])
@@ -108,10 +109,19 @@ def test_cross_fitted_predictions_sum_to_one_and_to_the_places(fitted: Fitted) -
     assert not np.allclose(out["win_prob"], fitted.plain.predict(fitted.later, explain=False)["win_prob"])
 
 
-def test_the_option_off_predicts_as_the_default(fitted: Fitted) -> None:
-    off = RacePipeline(**SETTINGS, refit_on_calibration=False).fit(fitted.train, FEATURES)
-    pd.testing.assert_frame_equal(off.predict(fitted.later), fitted.plain.predict(fitted.later))
-    assert not hasattr(off, "calibration_halves_")
+def test_the_option_is_the_default_and_off_keeps_the_boosters_out_of_the_calibration_slice(fitted: Fitted) -> None:
+    assert RacePipeline().refit_on_calibration is True
+    assert fitted.cross.refit_on_calibration and hasattr(fitted.cross, "calibration_halves_")
+    assert not hasattr(fitted.plain, "calibration_halves_")
+    # off: the calibrators are fitted on the stored boosters' own (out-of-sample) scores of the calibration slice,
+    # so scoring that slice again reproduces the calibration figures
+    end = pd.Timestamp(fitted.plain.training_window_["validation_end"])
+    calibration = fitted.train[fitted.train["race_date"] > end]
+    base = fitted.plain._base(calibration)
+    recorded = fitted.plain.validation_metrics_["calibration_races_uncalibrated"]
+    race = calibration["race_id"].to_numpy()
+    won = (calibration["finish_position"].to_numpy() == 1).astype(float)
+    assert recorded["pseudo_r2"] == pytest.approx(pseudo_r2(race, base["win_prob_base"].to_numpy(), won), abs=1e-12)
 
 
 def test_calibration_halves_split_by_race_day_near_half_the_races() -> None:
