@@ -642,3 +642,14 @@ def test_a_case_of_constants_equals_the_general_case_and_duckdb(expr, monkeypatc
         assert [None if null else v for v, null in zip(want.v.tolist(), want.null.tolist(), strict=True)] == expected
     else:
         assert want.null.tolist() == [v is None for v in expected]
+
+
+def test_output_frames_have_their_own_column_index():
+    cols = {
+        "a": card_engine.Col("dbl", np.array([1.0, 2.0]), np.array([False, True])),
+        "s": card_engine.Col("str", np.array(["x", None], dtype=object), np.array([False, True])),
+    }
+    first, second = card_engine._frame(cols), card_engine._frame(cols)
+    first.columns.name = "changed"
+    assert second.columns.name is None and card_engine._frame(cols).columns.name is None
+    assert list(second.columns) == ["a", "s"] and np.isnan(second["a"].iloc[1]) and second["s"].isna().iloc[1]
