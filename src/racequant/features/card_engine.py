@@ -81,7 +81,7 @@ def _dec_to_double(v: np.ndarray, scale: int) -> np.ndarray:
     """DuckDB's DECIMAL -> DOUBLE: exact int / 10**scale, or integer part + fraction beyond 2**53."""
     if scale == 0:
         return v.astype(np.float64)
-    out = v.astype(np.float64) / (10.0**scale)
+    out = v / (10.0**scale)  # int64 -> float64, then the division (as v.astype(np.float64) / 10.0**scale)
     if not v.size or (v.max() <= _TWO53 and v.min() >= -_TWO53):  # no |v| beyond 2**53
         return out
     big = np.abs(v) > _TWO53
