@@ -1,4 +1,5 @@
-"""Refitting the boosters on train + validation after early stopping (RacePipeline(refit_on_validation=True))."""
+"""Refitting the boosters on train + validation after early stopping (RacePipeline(refit_on_validation=True)),
+without the cross-fitted calibration that by default replaces that refit (tests/test_models_crossfit.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from racequant.models.synthetic import make_synthetic_runners
 
 FEATURES = [f"f{j}" for j in range(8)] + ["going"]
 Pair = tuple[RacePipeline, RacePipeline, pd.DataFrame]
-SETTINGS = {"n_estimators": 40, "learning_rate": 0.2, "max_depth": 3, "n_bootstrap": 5, "min_group_size": 500}
+SETTINGS = {
+    "n_estimators": 40,
+    "learning_rate": 0.2,
+    "max_depth": 3,
+    "n_bootstrap": 5,
+    "min_group_size": 500,
+    "refit_on_calibration": False,
+}
 
 
 @pytest.fixture(scope="module")
