@@ -3,7 +3,7 @@
     python benchmarks/bench_models.py [--objective binary|rank|softmax] [--n-estimators N] [--learning-rate LR]
                                       [--min-group-size N] [--win-objective LIB=OBJ,...]
                                       [--booster-params JSON] [--rank-relevance win|graded]
-                                      [--validation-only] [--json OUT]
+                                      [--[no-]refit-on-calibration] [--validation-only] [--json OUT]
 
 Without options the pipeline runs with its defaults (the configuration chosen on pre-2004 validation races,
 see docs/models.md); each option overrides one default.
