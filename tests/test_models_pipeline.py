@@ -342,3 +342,31 @@ def test_shared_explanation_tasks_are_each_run_once_by_whoever_is_free_and_summe
 
     with pytest.raises(ValueError, match="no tables"):
         _SharedTasks([lambda: np.zeros(1), boom]).results()
+
+
+def test_catboost_ctrs_of_a_categorical_and_numeric_features_are_tabulated_as_catboost_explains_them() -> None:
+    from racequant.models.treeshap import _catboost_feature
+
+    rng = np.random.default_rng(5)
+    n = 20000
+    a = rng.choice([f"a{i}" for i in range(30)], n)
+    x, w = rng.normal(size=n), rng.normal(size=n)
+    effect = rng.normal(scale=2, size=30)[[int(s[1:]) for s in a]]
+    logit = np.where(x > 0.3, effect, -effect) + 0.5 * w - 1.5  # the category's effect flips with x
+    won = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    X = pd.DataFrame({"x": x, "a": pd.array(a, dtype="str"), "w": w})
+    booster = GradientBooster("catboost", "binary", n_estimators=200, max_depth=6, learning_rate=0.3).fit(
+        X, won, np.repeat(np.arange(n // 10), 10)
+    )
+    splits = {s for t in range(booster.model_.tree_count_) for s in booster.model_._get_tree_splits(t, None)}
+    combined = [s for s in splits if s.startswith("{") and "border=" in s[: s.index("}")]]
+    assert combined  # CTRs of the category combined with binarized x or w (as the HK place booster grew one)
+    assert booster.leaf_tables() is not None
+    rows = X.head(60)
+    np.testing.assert_allclose(booster.contributions(rows), booster.contributions(rows, library=True), atol=1e-12)
+    # a CTR of two categorical features is left to the library's TreeSHAP (its attribution is not matched)
+    with pytest.raises(ValueError, match="combination of categorical features"):
+        _catboost_feature("{0, 1} counter_type=Borders prior_numerator=0, border=10")
+    assert _catboost_feature("{142, 31 border=95.5149} counter_type=Borders prior_numerator=0, border=6") == 142
+    assert _catboost_feature("{7} counter_type=Borders prior_numerator=0, border=3") == 7
+    assert _catboost_feature("32, bin=4") == 32

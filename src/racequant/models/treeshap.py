@@ -16,7 +16,9 @@ model. Explaining a card is then one look-up per leaf and runner, instead of the
 Tests per library: LightGBM ``x <= threshold`` (its missing-value rules), categorical in-set goes left;
 XGBoost ``float32(x) < threshold`` (missing: the default side), categorical in-set goes right; CatBoost's
 oblivious trees are read from the leaf each runner reaches (``calc_leaf_indexes``: one bit per level, so
-every level's test is known without recomputing its CTRs).
+every level's test is known without recomputing its CTRs); a CTR of one categorical feature combined with
+binarized numeric ones counts for that categorical feature, as in CatBoost's ShapValues (a CTR of two categorical
+features is left to the library).
 
 A card's look-ups run in one compiled pass (numba, ``_explain``): per path, per runner, the outcome bits of the
 path's tests, then the path's table row added to the runner's features, with no temporary arrays; the numpy
@@ -467,8 +469,18 @@ class CatBoostTables:
 
 
 def _catboost_feature(split: str) -> int:
-    """The feature a split of ``_get_tree_splits`` tests: '32, bin=...' or a one-feature CTR '{142} ...'."""
-    head = split.split(",")[0] if not split.startswith("{") else split[1 : split.index("}")]
-    if "," in head or not head.strip().isdigit():
-        raise ValueError(f"CatBoost split {split!r} tests a combination of features: not tabulated.")
+    """The feature a split of ``_get_tree_splits`` is attributed to: '32, bin=...', a one-feature CTR '{142} ...',
+    or a CTR of one categorical feature combined with binarized numeric ones '{142, 31 border=95.5} ...': that
+    categorical feature, as CatBoost's own ShapValues count it (checked against them in the tests). A CTR of two
+    or more categorical features is not tabulated (its attribution was not matched): ValueError."""
+    if not split.startswith("{"):
+        head = split.split(",")[0].strip()
+    else:
+        items = [item.strip() for item in split[1 : split.index("}")].split(",")]
+        categorical = [item for item in items if item.isdigit()]  # a binarized numeric feature reads 'k border=x'
+        if len(categorical) != 1:
+            raise ValueError(f"CatBoost split {split!r} tests a combination of categorical features: not tabulated.")
+        head = categorical[0]
+    if not head.isdigit():
+        raise ValueError(f"CatBoost split {split!r}: no feature index found, not tabulated.")
     return int(head)
