@@ -141,3 +141,17 @@ def test_refit_on_calibration_needs_two_calibration_days_and_a_bool() -> None:
     frame = make_synthetic_runners(60, seed=1).rename(columns={"date": "race_date"})
     with pytest.raises(ValueError, match="'refit_on_calibration' parameter of RacePipeline must be a bool"):
         RacePipeline(refit_on_calibration=1).fit(frame, FEATURES)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"refit_on_calibration": False}, {"refit_on_calibration": False, "refit_on_validation": False}],
+    ids=["cross-fitted", "refit on validation", "no refit"],
+)
+def test_fit_announces_as_many_steps_as_fit_steps_says(options: dict[str, bool]) -> None:
+    frame = _runners(300)
+    messages: list[str] = []
+    pipe = RacePipeline(**{**SETTINGS, **options})
+    pipe.fit(frame, FEATURES, progress=messages.append)
+    assert messages[-1] == "done"
+    assert len(messages) - 1 == pipe.fit_steps()

@@ -327,16 +327,16 @@ def _read_json(path: Path, what: str) -> Any:
 def _train_with_progress(frame: Any, until: date | None, models_dir: Path, version: str | None, **params: Any) -> Any:
     """train_model with a rich progress bar advancing per booster and per later stage."""
     from racequant.models.api import train_model
-    from racequant.models.boosters import LIBRARIES
+    from racequant.models.pipeline import RacePipeline
 
-    libraries = params.get("libraries", LIBRARIES)
+    steps = RacePipeline(**params).fit_steps()
     with _progress() as progress:
-        task = progress.add_task("Training", total=2 * len(libraries) + 3)
+        task = progress.add_task("Training", total=steps)
 
         def step(message: str) -> None:
             progress.update(task, advance=1 if message != "done" else 0, description=message)
             if message == "done":
-                progress.update(task, completed=2 * len(libraries) + 3, description="trained")
+                progress.update(task, completed=steps, description="trained")
 
         return train_model(frame, until=until, models_dir=models_dir, version=version, progress=step, **params)
 

@@ -399,6 +399,13 @@ class RacePipeline:
             )
 
     # -- fit -----------------------------------------------------------------------------------------
+    def fit_steps(self) -> int:
+        """How many progress messages ``fit`` sends before its final "done": one per booster fitted (early-stopped,
+        then the refits), one for the validation-slice stage, one for the calibration."""
+        boosters = 2 * len(self.libraries)
+        refits = 3 if self.refit_on_calibration else 1 if self.refit_on_validation else 0
+        return boosters * (1 + refits) + 2
+
     def fit(
         self,
         frame: pd.DataFrame,
