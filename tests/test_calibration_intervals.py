@@ -89,3 +89,28 @@ def test_intervals_cover_the_true_frequency_at_least_90_percent_in_every_group()
             assert row.p_value_below_target > 0.01, f"seed {seed}: coverage {row.coverage:.3f} in group {row.group}"
         overall = binomtest(int(table["covered"].sum()), int(table["n"].sum()), 0.9, alternative="less")
         assert overall.pvalue > 0.01
+
+
+def test_a_handful_of_runners_at_the_bottom_does_not_widen_the_band_above_them() -> None:
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.02, 0.3, size=4000)
+    y = (rng.random(4000) < p).astype(int)
+    # the seven lowest-rated runners lost and the next three won: the isotonic fit's first step is a block of
+    # seven runners at 0, whose Wilson bound (0.28) the band's monotone envelope used to carry to every p above
+    order = np.argsort(p)
+    y[order[:7]], y[order[7:10]] = 0, 1
+    races = np.arange(4000) // 12
+    lower, upper = (
+        GroupProbabilityIntervals(n_bootstrap=40).fit(p, y, None, races).predict_interval(np.array([0.03, 0.05, 0.1]))
+    )
+    assert (upper < np.array([0.1, 0.12, 0.2])).all(), upper  # the frequency is 0.03 / 0.05 / 0.1
+    assert (lower < np.array([0.03, 0.05, 0.1])).all()
+
+
+def test_small_isotonic_blocks_are_counted_with_their_neighbours() -> None:
+    from racequant.calibration.intervals import _pooled_blocks
+
+    assert _pooled_blocks(np.array([7, 136, 65, 438]), 30).tolist() == [0, 0, 1, 2]
+    assert _pooled_blocks(np.array([40, 5]), 30).tolist() == [0, 0]  # a short last group joins the one before
+    assert _pooled_blocks(np.array([5]), 30).tolist() == [0]
+    assert _pooled_blocks(np.array([30, 30, 30]), 30).tolist() == [0, 1, 2]

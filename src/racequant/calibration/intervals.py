@@ -6,7 +6,8 @@ group. Two methods:
 
 - ``bootstrap`` (default): the (centred) isotonic calibration map of the group refitted on races resampled
   with replacement; the interval is the simultaneous sup-t band of those curves at the given confidence,
-  joined with the Wilson interval of the isotonic block the point falls in. A pointwise band is not enough:
+  joined with the Wilson interval of the isotonic block the point falls in (a block of fewer than
+  ``min_block_size`` runners counted with its neighbours). A pointwise band is not enough:
   its misses are correlated along the curve, so one fitted band can cover far less than 90% of a group.
 - ``venn_abers``: the inductive Venn-Abers pair (p0, p1) of the group (package ``venn-abers``), a
   multiprobability prediction; narrower, and without a coverage guarantee for the frequency itself.
@@ -61,6 +62,7 @@ class GroupProbabilityIntervals:
         min_group_size: int = 2000,
         min_own_band_size: int = 300,
         grid_size: int = 200,
+        min_block_size: int = 30,
         random_state: int = 0,
     ) -> None:
         self.confidence = confidence
@@ -69,6 +71,7 @@ class GroupProbabilityIntervals:
         self.min_group_size = min_group_size
         self.min_own_band_size = min_own_band_size
         self.grid_size = grid_size
+        self.min_block_size = min_block_size
         self.random_state = random_state
 
     def _validate(self) -> None:
@@ -127,14 +130,19 @@ class GroupProbabilityIntervals:
         # Wilson interval of the isotonic block (runners sharing one fitted value) at each grid point
         fitted = iso.predict(p)
         block_values, block_of = np.unique(fitted, return_inverse=True)
-        block_n = np.bincount(block_of)
-        block_k = np.bincount(block_of, weights=y)
+        # a block of a handful of runners (the isotonic fit's first or last step, often) says little: it is counted
+        # with its neighbours, else its wide Wilson interval (7 runners, no winner: up to 0.28) would bound every
+        # probability above it through the monotone envelope below
+        pooled_block = _pooled_blocks(np.bincount(block_of), self.min_block_size)[block_of]
+        block_n = np.bincount(pooled_block)
+        block_k = np.bincount(pooled_block, weights=y)
         w_lo, w_hi = wilson_interval(block_k, block_n, self.confidence)
         grid_block = np.clip(np.searchsorted(block_values, iso.predict(grid)), 0, len(block_values) - 1)
+        grid_block = _pooled_blocks(np.bincount(block_of, minlength=len(block_values)), self.min_block_size)[grid_block]
         lower, upper = w_lo[grid_block], w_hi[grid_block]
         # within a long flat block the true curve still rises: also allow the block's observed/expected
         # ratio applied to the point itself (calibration locally proportional to p)
-        block_mean_p = np.bincount(block_of, weights=p) / block_n
+        block_mean_p = np.bincount(pooled_block, weights=p) / block_n
         ratio_lo = w_lo[grid_block] / np.maximum(block_mean_p[grid_block], 1e-9)
         ratio_hi = w_hi[grid_block] / np.maximum(block_mean_p[grid_block], 1e-9)
         lower = np.minimum(lower, grid * ratio_lo)
@@ -185,6 +193,21 @@ class GroupProbabilityIntervals:
             else:
                 lower[m], upper[m] = band(p[m])  # type: ignore[operator]
         return np.minimum(lower, upper), np.maximum(lower, upper)
+
+
+def _pooled_blocks(sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """For consecutive blocks of ``sizes`` runners, the group each joins: blocks are taken in order until a group
+    holds ``min_size`` runners; a short remainder at the end joins the last full group."""
+    group = np.zeros(len(sizes), dtype=np.int64)
+    current, filled = 0, 0
+    for i, size in enumerate(sizes):
+        group[i] = current
+        filled += int(size)
+        if filled >= min_size and i < len(sizes) - 1:
+            current, filled = current + 1, 0
+    if filled < min_size and current > 0:  # the last group is short: it joins the one before
+        group[group == current] = current - 1
+    return group
 
 
 def _ranges(lengths: np.ndarray) -> np.ndarray:
