@@ -133,12 +133,12 @@ class GroupProbabilityIntervals:
         # a block of a handful of runners (the isotonic fit's first or last step, often) says little: it is counted
         # with its neighbours, else its wide Wilson interval (7 runners, no winner: up to 0.28) would bound every
         # probability above it through the monotone envelope below
-        pooled_block = _pooled_blocks(np.bincount(block_of), self.min_block_size)[block_of]
+        group_of_block = _pooled_blocks(np.bincount(block_of), self.min_block_size)
+        pooled_block = group_of_block[block_of]
         block_n = np.bincount(pooled_block)
         block_k = np.bincount(pooled_block, weights=y)
         w_lo, w_hi = wilson_interval(block_k, block_n, self.confidence)
-        grid_block = np.clip(np.searchsorted(block_values, iso.predict(grid)), 0, len(block_values) - 1)
-        grid_block = _pooled_blocks(np.bincount(block_of, minlength=len(block_values)), self.min_block_size)[grid_block]
+        grid_block = group_of_block[np.clip(np.searchsorted(block_values, iso.predict(grid)), 0, len(block_values) - 1)]
         lower, upper = w_lo[grid_block], w_hi[grid_block]
         # within a long flat block the true curve still rises: also allow the block's observed/expected
         # ratio applied to the point itself (calibration locally proportional to p)
