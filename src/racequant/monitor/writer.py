@@ -91,7 +91,8 @@ def _barrier(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 class LogWriter:
-    """Owns the prediction log's connection and its journal; every write goes through its two threads.
+    """Owns the prediction log's connection and its journal; every write goes through its drain thread (and, with
+    ``fsync``, its journal thread first).
 
     ``fsync``: fsync the journal after each append (durable across a power loss; costs a disk flush per batch).
     ``max_batch``: most requests journaled by one append; ``drain_batch``: most writes per DuckDB transaction;
